@@ -1,0 +1,3 @@
+//! Certificate profiles, issuance, CRL and OCSP, RFC 5280 path validation through bridges
+
+#![forbid(unsafe_code)]
