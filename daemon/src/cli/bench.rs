@@ -1,0 +1,19 @@
+//! `qsi bench <area>`: benchmark programs. Each area adds one variant and one match arm; the program itself
+//! lives in the area's module (e.g. `bench_tunnel.rs`).
+
+use clap::Subcommand;
+
+/// One benchmark per area.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Tunnel throughput, flow setup latency, handshakes/s and CPU per GB: direct TCP, stunnel4, qsid
+    /// over TLS and over QUIC, side by side
+    Tunnel(super::bench_tunnel::Args),
+}
+
+/// Runs the chosen benchmark.
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Tunnel(args) => super::bench_tunnel::run(args),
+    }
+}
