@@ -2,4 +2,5 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cli;

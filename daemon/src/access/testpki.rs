@@ -1,0 +1,224 @@
+//! A throw-away card PKI for tests, the login benchmark and demos: a root CA held in memory that issues
+//! PIV-style card certificates (FASC-N and card UUID in the subjectAltName) for keys that live anywhere
+//! (on a SoftHSM2 card, or in memory), a TLS server certificate for the portal, and CRLs. Production
+//! cards come from `qsi ca issue`.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, PublicKeyData, RevocationReason, RevokedCertParams, SerialNumber,
+    SignatureAlgorithm,
+};
+use time::OffsetDateTime;
+
+use super::card::{FASCN_LEN, card_san_der};
+
+/// A test certificate authority.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate (DER).
+    pub cert_der: Vec<u8>,
+    next_serial: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCa { [secret key elided] }")
+    }
+}
+
+/// A public key from elsewhere (e.g. read from a card) in the shape rcgen signs over.
+#[derive(Debug, Clone)]
+pub struct ForeignPublicKey {
+    /// The raw public key (for EC: the uncompressed point).
+    pub raw: Vec<u8>,
+    /// Its algorithm.
+    pub alg: &'static SignatureAlgorithm,
+}
+
+impl PublicKeyData for ForeignPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+}
+
+/// What a card certificate says.
+#[derive(Debug, Clone)]
+pub struct CardSpec {
+    /// Common name.
+    pub name: String,
+    /// FASC-N (binary, 25 bytes).
+    pub fascn: Option<[u8; FASCN_LEN]>,
+    /// Card UUID.
+    pub uuid: Option<uuid::Uuid>,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+}
+
+impl CardSpec {
+    /// A card valid from an hour ago for a year, with a random UUID and a FASC-N derived from it.
+    pub fn new(name: &str) -> Self {
+        let uuid = uuid::Uuid::new_v4();
+        let mut fascn = [0u8; FASCN_LEN];
+        fascn[..16].copy_from_slice(uuid.as_bytes());
+        let now = OffsetDateTime::now_utc();
+        CardSpec {
+            name: name.to_owned(),
+            fascn: Some(fascn),
+            uuid: Some(uuid),
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(365),
+        }
+    }
+}
+
+fn rc(e: rcgen::Error) -> anyhow::Error {
+    anyhow::anyhow!("test PKI: {e}")
+}
+
+impl TestCa {
+    /// A self-signed P-256 root CA.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.key_identifier_method = KeyIdMethod::Sha256;
+        p.not_before = OffsetDateTime::now_utc() - time::Duration::days(1);
+        p.not_after = OffsetDateTime::now_utc() + time::Duration::days(3650);
+        let cert = p.self_signed(&key).map_err(rc)?;
+        Ok(TestCa {
+            issuer: Issuer::new(p, key),
+            cert_der: cert.der().to_vec(),
+            next_serial: std::sync::atomic::AtomicU64::new(2),
+        })
+    }
+
+    fn serial(&self) -> u64 {
+        self.next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Issues a PIV Authentication-style card certificate for `public_key`. Returns (DER, serial).
+    pub fn issue_card(
+        &self,
+        public_key: &impl PublicKeyData,
+        spec: &CardSpec,
+    ) -> anyhow::Result<(Vec<u8>, u64)> {
+        let serial = self.serial();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(&spec.name);
+        p.serial_number = Some(SerialNumber::from(serial));
+        p.not_before = spec.not_before;
+        p.not_after = spec.not_after;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let san = card_san_der(spec.fascn.as_ref(), spec.uuid)?;
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(&[2, 5, 29, 17], san));
+        let cert = p.signed_by(public_key, &self.issuer).map_err(rc)?;
+        Ok((cert.der().to_vec(), serial))
+    }
+
+    /// Issues a TLS server certificate for `dns` with a fresh in-memory key. Returns (cert DER, key PKCS#8).
+    pub fn issue_server(&self, dns: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc)?;
+        let mut p = CertificateParams::new(vec![dns.to_owned()]).map_err(rc)?;
+        p.distinguished_name = dn(dns);
+        p.serial_number = Some(SerialNumber::from(self.serial()));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &self.issuer).map_err(rc)?;
+        Ok((cert.der().to_vec(), key.serialize_der()))
+    }
+
+    /// A CRL revoking the given serials, valid for a day.
+    pub fn crl(&self, revoked: &[u64]) -> anyhow::Result<Vec<u8>> {
+        let now = OffsetDateTime::now_utc();
+        let p = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(self.serial()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(p.signed_by(&self.issuer).map_err(rc)?.der().to_vec())
+    }
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::OrganizationName, "QSI test");
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+/// A card whose key is held in memory (unit tests of the store; never for the login tests, which use
+/// SoftHSM2 tokens).
+pub struct MemoryCard {
+    key: KeyPair,
+    /// The card certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// The certificate's serial.
+    pub serial: u64,
+    /// What the certificate says.
+    pub spec: CardSpec,
+}
+
+impl std::fmt::Debug for MemoryCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryCard({})", self.spec.name)
+    }
+}
+
+impl MemoryCard {
+    /// Issues a card from `ca`.
+    pub fn issue(ca: &TestCa, spec: CardSpec) -> anyhow::Result<Self> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc)?;
+        let (cert_der, serial) = ca.issue_card(&key, &spec)?;
+        Ok(MemoryCard {
+            key,
+            cert_der,
+            serial,
+            spec,
+        })
+    }
+
+    /// The card's subject, for assignments.
+    pub fn subject(&self) -> super::Subject {
+        super::Subject {
+            name: self.spec.name.clone(),
+            uuid: self.spec.uuid,
+            fascn: self.spec.fascn.map(hex::encode_upper),
+        }
+    }
+}
+
+impl super::AssignmentSigner for MemoryCard {
+    fn certificate_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+    fn sign(&self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        rcgen::SigningKey::sign(&self.key, message).map_err(rc)
+    }
+}
