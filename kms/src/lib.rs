@@ -1,3 +1,16 @@
-//! Key management: QKD key pools over ETSI GS QKD 014, lifecycle, at-most-once delivery, audit
+//! Key management: QKD key pools over ETSI GS QKD 014, lifecycle, at-most-once delivery, audit.
 
 #![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod error;
+pub mod kek;
+pub mod lifecycle;
+pub mod pool;
+pub mod secret;
+pub mod service;
+pub mod source;
+pub mod store;
+
+pub use error::KmsError;
+pub use secret::KeyMaterial;
