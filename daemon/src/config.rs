@@ -1,0 +1,918 @@
+//! Site configuration: one TOML file per site.
+//!
+//! Two stages, so every refusal names the field and the fix: serde parses the file into the `Raw*` structs
+//! (`deny_unknown_fields`, so a typo is an error, not a silently ignored key), then [`RawConfig::validate`]
+//! turns them into the typed [`Config`] the daemon runs on: addresses parsed, files read, the key checked
+//! against its certificate, names cross-referenced. Relative paths are relative to the config file.
+//!
+//! ```toml
+//! site = "site-a"
+//! [listen]
+//! quic = "127.0.0.1:7443"            # UDP
+//! tls = "127.0.0.1:7443"             # TCP
+//! [tls]
+//! certificate = "site-a.crt"         # PEM chain, end-entity first
+//! private_key = "site-a.key"         # PEM (PKCS#8, SEC1 or PKCS#1)
+//! trust_anchors = ["ca.crt"]
+//! key_exchange = ["x25519mlkem768"]  # default policy for every peer
+//! [[peer]]
+//! name = "site-b"
+//! identity = { dns = "site-b.qsi.test" }   # or { uri = "urn:qsi:site:site-b" }
+//! transport = "quic"                 # or "tls"
+//! address = "127.0.0.1:7444"         # we dial it; without it we wait for the peer to dial us
+//! [[forward]]                        # a local listener whose connections go to the peer's `expose`
+//! name = "web"
+//! peer = "site-b"
+//! listen = "127.0.0.1:18080"
+//! [[expose]]                         # what the peer may reach here, by name
+//! name = "ssh"
+//! peer = "site-b"
+//! target = "127.0.0.1:22"
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// Why a config was refused. Every message names the field and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file itself could not be read.
+    #[error("cannot read config file {path}: {source}; check the path given to --config")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key, or a value of the wrong type (serde names the key).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// toml/serde's message, which names the key and the line.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("{field}: {problem}; {fix}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `peer[1].address`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+        /// What to write instead.
+        fix: String,
+    },
+    /// A file named by a field could not be read or parsed.
+    #[error("{field}: cannot use {path}: {problem}; {fix}")]
+    File {
+        /// The field naming the file.
+        field: String,
+        /// The file as resolved against the config directory.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// The private key does not belong to the certificate.
+    #[error(
+        "tls.private_key ({key}) does not match the public key of tls.certificate ({cert}); point both at the same key pair (the certificate's first PEM block must be the end-entity)"
+    )]
+    KeyMismatch {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+    },
+}
+
+fn invalid(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Stage 1: raw serde structs.
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// This site's name (used in logs and metrics).
+    pub site: String,
+    /// Listening addresses for peers.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Credentials and policy.
+    pub tls: RawTls,
+    /// Admin socket.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// Peer sites.
+    #[serde(default)]
+    pub peer: Vec<RawPeer>,
+    /// Local listeners carried to a peer.
+    #[serde(default)]
+    pub forward: Vec<RawForward>,
+    /// Local targets a peer may reach.
+    #[serde(default)]
+    pub expose: Vec<RawExpose>,
+}
+
+/// `[listen]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// UDP address for QUIC.
+    pub quic: Option<String>,
+    /// TCP address for TLS 1.3.
+    pub tls: Option<String>,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub private_key: PathBuf,
+    /// PEM trust anchors.
+    pub trust_anchors: Vec<PathBuf>,
+    /// Default key-exchange groups, in preference order.
+    pub key_exchange: Option<Vec<String>>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Unix socket path.
+    pub socket: Option<PathBuf>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// TCP address of the Prometheus text endpoint.
+    pub listen: Option<String>,
+}
+
+/// `[[peer]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeer {
+    /// Peer site name.
+    pub name: String,
+    /// Expected identity in the peer's certificate.
+    pub identity: Identity,
+    /// `quic` or `tls`.
+    pub transport: String,
+    /// Where to dial the peer (host:port).
+    pub address: Option<String>,
+    /// Key-exchange groups for this peer (overrides `tls.key_exchange`).
+    pub key_exchange: Option<Vec<String>>,
+}
+
+/// `[[forward]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// Service name, matched against the peer's `[[expose]]`.
+    pub name: String,
+    /// Peer site name.
+    pub peer: String,
+    /// Local address to listen on.
+    pub listen: String,
+    /// `tcp` (default) or `udp`.
+    pub protocol: Option<String>,
+}
+
+/// `[[expose]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpose {
+    /// Service name the peer asks for.
+    pub name: String,
+    /// Peer site allowed to reach it.
+    pub peer: String,
+    /// Local target (host:port).
+    pub target: String,
+    /// `tcp` (default) or `udp`.
+    pub protocol: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Stage 2: the typed config.
+
+/// The identity a peer's certificate must carry as a subjectAltName.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum Identity {
+    /// A dNSName SAN.
+    Dns(String),
+    /// A uniformResourceIdentifier SAN.
+    Uri(String),
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Dns(d) => write!(f, "dns:{d}"),
+            Identity::Uri(u) => write!(f, "uri:{u}"),
+        }
+    }
+}
+
+/// Transport of a peer's control and data connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC (quinn): one stream per flow, UDP services as datagrams.
+    Quic,
+    /// TLS 1.3 over TCP (tokio-rustls) with our flow framing.
+    Tls,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "quic",
+            Transport::Tls => "tls",
+        })
+    }
+}
+
+/// A post-quantum key-exchange group we offer or accept. Classical-only groups have no variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum KxGroup {
+    /// X25519 + ML-KEM-768 hybrid (default).
+    X25519MlKem768,
+    /// P-256 + ML-KEM-768 hybrid.
+    Secp256r1MlKem768,
+    /// Pure ML-KEM-1024 (CNSA 2.0).
+    MlKem1024,
+}
+
+impl KxGroup {
+    /// The name used in configs, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            KxGroup::X25519MlKem768 => "X25519MLKEM768",
+            KxGroup::Secp256r1MlKem768 => "SECP256R1MLKEM768",
+            KxGroup::MlKem1024 => "MLKEM1024",
+        }
+    }
+
+    /// Parses a config name (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "x25519mlkem768" => Some(KxGroup::X25519MlKem768),
+            "secp256r1mlkem768" | "p256mlkem768" => Some(KxGroup::Secp256r1MlKem768),
+            "mlkem1024" => Some(KxGroup::MlKem1024),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for KxGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Service protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP connections, one flow each.
+    Tcp,
+    /// UDP datagrams (QUIC peers only).
+    Udp,
+}
+
+/// The site's certificate chain and key, checked to match.
+#[derive(Clone)]
+pub struct Credentials {
+    /// End-entity first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key (zeroized on drop by pki-types).
+    pub key: std::sync::Arc<PrivateKeyDer<'static>>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("chain_len", &self.chain.len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
+    }
+}
+
+/// One peer site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    /// Peer site name.
+    pub name: String,
+    /// Expected SAN.
+    pub identity: Identity,
+    /// Transport.
+    pub transport: Transport,
+    /// Where we dial it (host:port), if we dial.
+    pub address: Option<String>,
+    /// Accepted groups, in preference order.
+    pub key_exchange: Vec<KxGroup>,
+}
+
+/// A local listener carried to a peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    /// Service name.
+    pub name: String,
+    /// Peer site name.
+    pub peer: String,
+    /// Local address.
+    pub listen: SocketAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// A local target a peer may reach.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expose {
+    /// Service name.
+    pub name: String,
+    /// Peer site name.
+    pub peer: String,
+    /// Target host:port.
+    pub target: String,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Site name.
+    pub site: String,
+    /// QUIC listen address.
+    pub listen_quic: Option<SocketAddr>,
+    /// TLS listen address.
+    pub listen_tls: Option<SocketAddr>,
+    /// Our certificate chain and key.
+    pub credentials: Credentials,
+    /// Trust anchors (DER).
+    pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// Admin socket path.
+    pub admin_socket: Option<PathBuf>,
+    /// Metrics listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Peers.
+    pub peers: Vec<PeerConfig>,
+    /// Forwards.
+    pub forwards: Vec<Forward>,
+    /// Exposes.
+    pub exposes: Vec<Expose>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, path, base)
+    }
+
+    /// Parses and validates TOML text; `base` resolves relative paths; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        raw.validate(base)
+    }
+
+    /// The peer entry with this name.
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// The service a peer may open under `name`.
+    pub fn expose(&self, peer: &str, name: &str) -> Option<&Expose> {
+        self.exposes
+            .iter()
+            .find(|e| e.peer == peer && e.name == name)
+    }
+}
+
+/// Parses `name` as an IP socket address.
+fn parse_listen(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{value:?} is not an IP address with a port"),
+            "write e.g. \"127.0.0.1:7443\" or \"[::]:7443\"",
+        )
+    })
+}
+
+/// Checks `host:port` without resolving (resolution happens at connect time).
+fn check_host_port(field: &str, value: &str) -> Result<(), ConfigError> {
+    let fix = "write host:port, e.g. \"192.0.2.10:7443\" or \"site-b.example:7443\"";
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(invalid(field, format!("{value:?} has no port"), fix));
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(invalid(field, format!("{value:?} has no valid port"), fix));
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !host_ok {
+        return Err(invalid(
+            field,
+            format!("{host:?} is not a valid host name or IP address"),
+            fix,
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{value:?} is not a usable name"),
+            "use 1-64 characters from letters, digits, '-', '_' and '.'",
+        ))
+    }
+}
+
+fn parse_groups(field: &str, names: &[String]) -> Result<Vec<KxGroup>, ConfigError> {
+    let fix =
+        "choose from \"x25519mlkem768\" (default), \"secp256r1mlkem768\", \"mlkem1024\" (CNSA 2.0)";
+    if names.is_empty() {
+        return Err(invalid(field, "the list is empty", fix));
+    }
+    let mut out = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let Some(g) = KxGroup::parse(n) else {
+            let classical = [
+                "x25519",
+                "secp256r1",
+                "secp384r1",
+                "secp521r1",
+                "x448",
+                "ffdhe2048",
+                "p256",
+                "p384",
+            ];
+            let problem = if classical.contains(&n.to_ascii_lowercase().as_str()) {
+                format!("{n:?} is a classical-only group, which QSI never offers or accepts")
+            } else {
+                format!("{n:?} is not a known key-exchange group")
+            };
+            return Err(invalid(format!("{field}[{i}]"), problem, fix));
+        };
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_protocol(field: &str, value: Option<&str>) -> Result<Protocol, ConfigError> {
+    match value.unwrap_or("tcp") {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        other => Err(invalid(
+            field,
+            format!("{other:?} is not a protocol"),
+            "write \"tcp\" or \"udp\"",
+        )),
+    }
+}
+
+fn read_file(
+    field: &str,
+    base: &Path,
+    path: &Path,
+    fix: &str,
+) -> Result<(PathBuf, Zeroizing<Vec<u8>>), ConfigError> {
+    let full = base.join(path);
+    match std::fs::read(&full) {
+        Ok(bytes) => Ok((full, Zeroizing::new(bytes))),
+        Err(e) => Err(ConfigError::File {
+            field: field.into(),
+            path: full,
+            problem: e.to_string(),
+            fix: fix.into(),
+        }),
+    }
+}
+
+/// Reads every PEM certificate in a file.
+pub fn read_certs(
+    field: &str,
+    base: &Path,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let (full, bytes) = read_file(
+        field,
+        base,
+        path,
+        "check the path (relative paths start at the config file's directory)",
+    )?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &bytes[..]).collect();
+    let bad = |problem: String| ConfigError::File {
+        field: field.into(),
+        path: full.clone(),
+        problem,
+        fix: "give a PEM file with one or more -----BEGIN CERTIFICATE----- blocks".into(),
+    };
+    let certs = certs.map_err(|e| bad(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate found".into()));
+    }
+    for c in &certs {
+        webpki::EndEntityCert::try_from(c)
+            .map_err(|e| bad(format!("a certificate does not parse: {e}")))?;
+    }
+    Ok(certs)
+}
+
+fn read_key(field: &str, base: &Path, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let (full, bytes) = read_file(
+        field,
+        base,
+        path,
+        "check the path (relative paths start at the config file's directory)",
+    )?;
+    let bad = |problem: String| ConfigError::File {
+        field: field.into(),
+        path: full.clone(),
+        problem,
+        fix: "give a PEM private key (PKCS#8, SEC1 or PKCS#1)".into(),
+    };
+    match rustls_pemfile::private_key(&mut &bytes[..]) {
+        Ok(Some(k)) => Ok(k),
+        Ok(None) => Err(bad("no private key found".into())),
+        Err(e) => Err(bad(format!("not PEM: {e}"))),
+    }
+}
+
+impl RawConfig {
+    /// Validates every field and builds the typed config. Relative file paths resolve against `base`.
+    pub fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        check_name("site", &self.site)?;
+        let listen_quic = self
+            .listen
+            .quic
+            .as_deref()
+            .map(|v| parse_listen("listen.quic", v))
+            .transpose()?;
+        let listen_tls = self
+            .listen
+            .tls
+            .as_deref()
+            .map(|v| parse_listen("listen.tls", v))
+            .transpose()?;
+
+        // Credentials: chain, key, and that they belong together.
+        let chain = read_certs("tls.certificate", base, &self.tls.certificate)?;
+        let key = read_key("tls.private_key", base, &self.tls.private_key)?;
+        let provider = crate::tls::base_provider();
+        match rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider) {
+            Ok(_) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(ConfigError::KeyMismatch {
+                    cert: base.join(&self.tls.certificate),
+                    key: base.join(&self.tls.private_key),
+                });
+            }
+            Err(e) => {
+                return Err(ConfigError::File {
+                    field: "tls.private_key".into(),
+                    path: base.join(&self.tls.private_key),
+                    problem: format!("the key cannot sign: {e}"),
+                    fix: "use an ECDSA P-256/P-384, Ed25519 or RSA key".into(),
+                });
+            }
+        }
+        if self.tls.trust_anchors.is_empty() {
+            return Err(invalid(
+                "tls.trust_anchors",
+                "no trust anchor given, so no peer could be authenticated",
+                "list the PEM file(s) of the CA(s) that issue your peers' certificates",
+            ));
+        }
+        let mut trust_anchors = Vec::new();
+        for (i, p) in self.tls.trust_anchors.iter().enumerate() {
+            let field = format!("tls.trust_anchors[{i}]");
+            for c in read_certs(&field, base, p)? {
+                webpki::anchor_from_trusted_cert(&c).map_err(|e| ConfigError::File {
+                    field: field.clone(),
+                    path: base.join(p),
+                    problem: format!("not usable as a trust anchor: {e}"),
+                    fix: "give the CA certificate in PEM".into(),
+                })?;
+                trust_anchors.push(c);
+            }
+        }
+        let default_kx = match &self.tls.key_exchange {
+            Some(list) => parse_groups("tls.key_exchange", list)?,
+            None => vec![KxGroup::X25519MlKem768],
+        };
+
+        let admin_socket = self.admin.socket.map(|p| base.join(p));
+        let metrics_listen = self
+            .metrics
+            .listen
+            .as_deref()
+            .map(|v| parse_listen("metrics.listen", v))
+            .transpose()?;
+
+        let mut peers: Vec<PeerConfig> = Vec::new();
+        for (i, p) in self.peer.into_iter().enumerate() {
+            let f = |name: &str| format!("peer[{i}].{name}");
+            check_name(&f("name"), &p.name)?;
+            if peers.iter().any(|q| q.name == p.name) {
+                return Err(invalid(
+                    f("name"),
+                    format!("peer {:?} is listed twice", p.name),
+                    "give each peer one entry",
+                ));
+            }
+            if p.name == self.site {
+                return Err(invalid(
+                    f("name"),
+                    "a peer cannot be this site itself",
+                    "name the other site",
+                ));
+            }
+            let transport = match p.transport.as_str() {
+                "quic" => Transport::Quic,
+                "tls" => Transport::Tls,
+                other => {
+                    return Err(invalid(
+                        f("transport"),
+                        format!("{other:?} is not a transport"),
+                        "write \"quic\" or \"tls\"",
+                    ));
+                }
+            };
+            match transport {
+                Transport::Quic if listen_quic.is_none() && p.address.is_none() => {
+                    return Err(invalid(
+                        f("address"),
+                        "no address to dial and no listen.quic to accept on",
+                        "set peer address or listen.quic",
+                    ));
+                }
+                Transport::Tls if listen_tls.is_none() && p.address.is_none() => {
+                    return Err(invalid(
+                        f("address"),
+                        "no address to dial and no listen.tls to accept on",
+                        "set peer address or listen.tls",
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(a) = &p.address {
+                check_host_port(&f("address"), a)?;
+            }
+            match &p.identity {
+                Identity::Dns(d) if rustls_pki_types::DnsName::try_from(d.as_str()).is_err() => {
+                    return Err(invalid(
+                        f("identity.dns"),
+                        format!("{d:?} is not a DNS name"),
+                        "write the dNSName SAN of the peer's certificate",
+                    ));
+                }
+                Identity::Uri(u) if !u.contains(':') || u.chars().any(char::is_whitespace) => {
+                    return Err(invalid(
+                        f("identity.uri"),
+                        format!("{u:?} is not a URI"),
+                        "write the URI SAN of the peer's certificate, e.g. \"urn:qsi:site:site-b\"",
+                    ));
+                }
+                _ => {}
+            }
+            if peers.iter().any(|q| q.identity == p.identity) {
+                return Err(invalid(
+                    f("identity"),
+                    format!("identity {} is already used by another peer", p.identity),
+                    "give each peer its own certificate identity",
+                ));
+            }
+            let key_exchange = match &p.key_exchange {
+                Some(list) => parse_groups(&f("key_exchange"), list)?,
+                None => default_kx.clone(),
+            };
+            peers.push(PeerConfig {
+                name: p.name,
+                identity: p.identity,
+                transport,
+                address: p.address,
+                key_exchange,
+            });
+        }
+
+        let peer_names: BTreeSet<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+        let check_peer = |field: String, peer: &str| -> Result<(), ConfigError> {
+            if peer_names.contains(peer) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    field,
+                    format!("no [[peer]] is named {peer:?}"),
+                    "add the peer or correct the name",
+                ))
+            }
+        };
+        let udp_needs_quic = |field: String, peer: &str| -> Result<(), ConfigError> {
+            match peers.iter().find(|p| p.name == peer) {
+                Some(p) if p.transport != Transport::Quic => Err(invalid(
+                    field,
+                    "UDP services ride QUIC datagrams, but this peer uses transport \"tls\"",
+                    "set the peer's transport to \"quic\" or use protocol \"tcp\"",
+                )),
+                _ => Ok(()),
+            }
+        };
+
+        let mut forwards: Vec<Forward> = Vec::new();
+        for (i, fw) in self.forward.into_iter().enumerate() {
+            let f = |name: &str| format!("forward[{i}].{name}");
+            check_name(&f("name"), &fw.name)?;
+            check_peer(f("peer"), &fw.peer)?;
+            let listen = parse_listen(&f("listen"), &fw.listen)?;
+            let protocol = parse_protocol(&f("protocol"), fw.protocol.as_deref())?;
+            if protocol == Protocol::Udp {
+                udp_needs_quic(f("protocol"), &fw.peer)?;
+            }
+            if forwards
+                .iter()
+                .any(|o| o.listen == listen && o.protocol == protocol)
+            {
+                return Err(invalid(
+                    f("listen"),
+                    format!("{listen} is used by another forward"),
+                    "give each forward its own address",
+                ));
+            }
+            if forwards
+                .iter()
+                .any(|o| o.name == fw.name && o.peer == fw.peer)
+            {
+                return Err(invalid(
+                    f("name"),
+                    format!("forward {:?} to {:?} is listed twice", fw.name, fw.peer),
+                    "keep one entry",
+                ));
+            }
+            forwards.push(Forward {
+                name: fw.name,
+                peer: fw.peer,
+                listen,
+                protocol,
+            });
+        }
+
+        let mut exposes: Vec<Expose> = Vec::new();
+        for (i, ex) in self.expose.into_iter().enumerate() {
+            let f = |name: &str| format!("expose[{i}].{name}");
+            check_name(&f("name"), &ex.name)?;
+            check_peer(f("peer"), &ex.peer)?;
+            check_host_port(&f("target"), &ex.target)?;
+            let protocol = parse_protocol(&f("protocol"), ex.protocol.as_deref())?;
+            if protocol == Protocol::Udp {
+                udp_needs_quic(f("protocol"), &ex.peer)?;
+            }
+            if exposes
+                .iter()
+                .any(|o| o.name == ex.name && o.peer == ex.peer)
+            {
+                return Err(invalid(
+                    f("name"),
+                    format!("service {:?} is exposed to {:?} twice", ex.name, ex.peer),
+                    "keep one entry",
+                ));
+            }
+            exposes.push(Expose {
+                name: ex.name,
+                peer: ex.peer,
+                target: ex.target,
+                protocol,
+            });
+        }
+
+        Ok(Config {
+            site: self.site,
+            listen_quic,
+            listen_tls,
+            credentials: Credentials {
+                chain,
+                key: std::sync::Arc::new(key),
+            },
+            trust_anchors,
+            admin_socket,
+            metrics_listen,
+            peers,
+            forwards,
+            exposes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_parse_and_classical_is_refused() {
+        assert_eq!(
+            KxGroup::parse("X25519MLKEM768"),
+            Some(KxGroup::X25519MlKem768)
+        );
+        assert_eq!(KxGroup::parse("mlkem1024"), Some(KxGroup::MlKem1024));
+        assert_eq!(KxGroup::parse("x25519"), None);
+        let err = parse_groups("tls.key_exchange", &["x25519".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tls.key_exchange[0]") && err.contains("classical-only"),
+            "{err}"
+        );
+        assert!(parse_groups("f", &[]).is_err());
+    }
+
+    #[test]
+    fn host_port_checks() {
+        assert!(check_host_port("f", "127.0.0.1:80").is_ok());
+        assert!(check_host_port("f", "[::1]:80").is_ok());
+        assert!(check_host_port("f", "site-b.example:7443").is_ok());
+        for bad in [
+            "site-b",
+            "site b:80",
+            ":80",
+            "host:0",
+            "host:99999",
+            "a..b:1",
+        ] {
+            let e = check_host_port("peer[0].address", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("peer[0].address:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = "site = \"a\"\nsitee = 1\n[tls]\ncertificate=\"c\"\nprivate_key=\"k\"\ntrust_anchors=[]\n";
+        let e = Config::from_toml(text, Path::new("a.toml"), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sitee"), "{e}");
+    }
+}

@@ -1,0 +1,366 @@
+//! Throw-away sites on loopback: a CA and site certificates (rcgen), site configs, and running `qsid`
+//! processes. Used by `qsi demo`, `qsi bench tunnel` and the end-to-end tests, so all three exercise the
+//! same real daemon the same way.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// The DNS identity of a test site's certificate.
+pub fn dns_identity(site: &str) -> String {
+    format!("{site}.qsi.test")
+}
+
+/// Writes `ca.crt` and, per site, `<site>.crt` / `<site>.key` (ECDSA P-256, SANs `<site>.qsi.test` and
+/// `urn:qsi:site:<site>`, client and server auth) into `dir`.
+pub fn write_pki(dir: &Path, sites: &[&str]) -> anyhow::Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "QSI throw-away test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    for site in sites {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::new(vec![dns_identity(site)])?;
+        p.subject_alt_names
+            .push(SanType::URI(format!("urn:qsi:site:{site}").try_into()?));
+        p.distinguished_name.push(DnType::CommonName, *site);
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = p.signed_by(&key, &issuer)?;
+        std::fs::write(dir.join(format!("{site}.crt")), cert.pem())?;
+        write_private(
+            &dir.join(format!("{site}.key")),
+            key.serialize_pem().as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// A free loopback port for both TCP and UDP (best effort: another process may take it afterwards).
+pub fn free_port() -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let t = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = t.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port found")
+}
+
+/// A free loopback address.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
+/// One `[[peer]]` of a test site.
+#[derive(Debug, Clone)]
+pub struct PeerToml {
+    /// Peer site name.
+    pub name: String,
+    /// `quic` or `tls`.
+    pub transport: String,
+    /// Dial address, if we dial.
+    pub address: Option<SocketAddr>,
+    /// Key-exchange override.
+    pub key_exchange: Option<Vec<String>>,
+}
+
+/// A site config to write as TOML.
+#[derive(Debug, Clone)]
+pub struct SiteToml {
+    /// Site name (also its certificate file names).
+    pub site: String,
+    /// listen.quic
+    pub quic: Option<SocketAddr>,
+    /// listen.tls
+    pub tls: Option<SocketAddr>,
+    /// admin.socket
+    pub admin: Option<PathBuf>,
+    /// metrics.listen
+    pub metrics: Option<SocketAddr>,
+    /// tls.key_exchange
+    pub key_exchange: Option<Vec<String>>,
+    /// Peers.
+    pub peers: Vec<PeerToml>,
+    /// (name, peer, listen, protocol)
+    pub forwards: Vec<(String, String, SocketAddr, String)>,
+    /// (name, peer, target, protocol)
+    pub exposes: Vec<(String, String, SocketAddr, String)>,
+}
+
+fn list(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl SiteToml {
+    /// The TOML text (certificate paths relative to the config's directory).
+    pub fn render(&self) -> String {
+        let mut s = format!("site = {:?}\n\n[listen]\n", self.site);
+        if let Some(a) = self.quic {
+            s += &format!("quic = \"{a}\"\n");
+        }
+        if let Some(a) = self.tls {
+            s += &format!("tls = \"{a}\"\n");
+        }
+        s += &format!(
+            "\n[tls]\ncertificate = \"{0}.crt\"\nprivate_key = \"{0}.key\"\ntrust_anchors = [\"ca.crt\"]\n",
+            self.site
+        );
+        if let Some(k) = &self.key_exchange {
+            s += &format!("key_exchange = {}\n", list(k));
+        }
+        if let Some(a) = &self.admin {
+            s += &format!("\n[admin]\nsocket = {:?}\n", a.display().to_string());
+        }
+        if let Some(a) = self.metrics {
+            s += &format!("\n[metrics]\nlisten = \"{a}\"\n");
+        }
+        for p in &self.peers {
+            s += &format!(
+                "\n[[peer]]\nname = {:?}\nidentity = {{ dns = {:?} }}\ntransport = {:?}\n",
+                p.name,
+                dns_identity(&p.name),
+                p.transport
+            );
+            if let Some(a) = p.address {
+                s += &format!("address = \"{a}\"\n");
+            }
+            if let Some(k) = &p.key_exchange {
+                s += &format!("key_exchange = {}\n", list(k));
+            }
+        }
+        for (name, peer, listen, proto) in &self.forwards {
+            s += &format!(
+                "\n[[forward]]\nname = {name:?}\npeer = {peer:?}\nlisten = \"{listen}\"\nprotocol = {proto:?}\n"
+            );
+        }
+        for (name, peer, target, proto) in &self.exposes {
+            s += &format!(
+                "\n[[expose]]\nname = {name:?}\npeer = {peer:?}\ntarget = \"{target}\"\nprotocol = {proto:?}\n"
+            );
+        }
+        s
+    }
+
+    /// Writes `<dir>/<site>.toml` and returns its path.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let p = dir.join(format!("{}.toml", self.site));
+        std::fs::write(&p, self.render())?;
+        Ok(p)
+    }
+}
+
+/// Two sites, `site-a` dialing `site-b`, both listening on both transports, with admin sockets and
+/// metrics. Credentials are written into `dir`; add forwards/exposes, then write the configs.
+pub fn pair(dir: &Path, transport: &str) -> anyhow::Result<(SiteToml, SiteToml)> {
+    write_pki(dir, &["site-a", "site-b"])?;
+    let (pa, pb) = (free_port()?, free_port()?);
+    let lo = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let site =
+        |name: &str, port: u16, peer: &str, dial: Option<SocketAddr>| -> anyhow::Result<SiteToml> {
+            Ok(SiteToml {
+                site: name.into(),
+                quic: Some(lo(port)),
+                tls: Some(lo(port)),
+                admin: Some(dir.join(format!("{name}.sock"))),
+                metrics: Some(free_addr()?),
+                key_exchange: None,
+                peers: vec![PeerToml {
+                    name: peer.into(),
+                    transport: transport.into(),
+                    address: dial,
+                    key_exchange: None,
+                }],
+                forwards: vec![],
+                exposes: vec![],
+            })
+        };
+    Ok((
+        site("site-a", pa, "site-b", Some(lo(pb)))?,
+        site("site-b", pb, "site-a", None)?,
+    ))
+}
+
+/// A running `qsid` (killed on drop). Its log goes to `<config>.log`.
+pub struct Qsid {
+    child: Child,
+    /// Config file.
+    pub config: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+}
+
+/// Where `qsid` is: beside the running executable (qsi, or a test binary's parent directory).
+pub fn qsid_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join("qsid");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "cannot find the qsid binary next to {}; build it with `cargo build --bins`",
+        exe.display()
+    )
+}
+
+impl Qsid {
+    /// Starts `bin --config config` and waits until it reports ready (or fails).
+    pub fn start(bin: &Path, config: &Path) -> anyhow::Result<Qsid> {
+        let log = config.with_extension("log");
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("QSID_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stderr = child.stderr.take().context("qsid stderr")?;
+        let (tx, rx) = mpsc::channel();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if line.contains("ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut q = Qsid {
+            child,
+            config: config.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return Ok(q);
+            }
+            if let Some(status) = q.child.try_wait()? {
+                bail!(
+                    "qsid exited with {status} before it was ready; log:\n{}",
+                    q.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("qsid not ready after 15 s; log:\n{}", q.log_tail());
+            }
+        }
+    }
+
+    /// Last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) with `kill(1)`.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !st.success() {
+            bail!("kill -{sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qsid {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Blocking admin request (for tests and the demo), on a throw-away runtime.
+pub fn admin(socket: &Path, cmd: &str) -> anyhow::Result<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::admin::request(socket, cmd))
+}
+
+/// True once the site's admin socket reports every peer connected.
+pub fn all_connected(socket: &Path) -> bool {
+    match admin(socket, "peers") {
+        Ok(v) => v
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|p| p["state"] == "connected")),
+        Err(_) => false,
+    }
+}
