@@ -87,11 +87,11 @@ pub async fn serve(d: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
 
 async fn handle(d: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut r = BufReader::new(r).take(64 * 1024);
     use tokio::io::AsyncReadExt as _;
-    r.read_line(&mut line).await?;
-    let resp = match serde_json::from_str::<AdminRequest>(&line) {
+    r.read_until(b'\n', &mut line).await?;
+    let resp = match serde_json::from_slice::<AdminRequest>(&line) {
         Err(e) => AdminResponse {
             ok: false,
             data: None,

@@ -83,28 +83,30 @@ impl Shared {
         }
     }
 
-    fn new_slot(
-        &self,
-        id: u32,
-    ) -> (
-        mpsc::UnboundedReceiver<Event>,
-        Arc<Semaphore>,
-        Arc<Mutex<RecvWindow>>,
-    ) {
+    fn new_slot(&self, id: u32) -> SlotParts {
+        Self::insert_slot(&mut self.lock_flows(), id)
+    }
+
+    fn insert_slot(flows: &mut HashMap<u32, Slot>, id: u32) -> SlotParts {
         let (tx, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
         let window = Arc::new(Mutex::new(RecvWindow::new()));
-        self.lock_flows().insert(
-            id,
-            Slot {
-                events: tx,
-                credit: credit.clone(),
-                window: window.clone(),
-            },
-        );
+        let slot = Slot {
+            events: tx,
+            credit: credit.clone(),
+            window: window.clone(),
+        };
+        flows.insert(id, slot);
         (rx, credit, window)
     }
 }
+
+/// The local ends of a new flow's slot.
+type SlotParts = (
+    mpsc::UnboundedReceiver<Event>,
+    Arc<Semaphore>,
+    Arc<Mutex<RecvWindow>>,
+);
 
 /// Handle to a multiplexed data connection (cheap to clone).
 #[derive(Clone)]
@@ -157,15 +159,7 @@ pub struct FlowReceiver {
     window: Arc<Mutex<RecvWindow>>,
 }
 
-fn make_flow(
-    shared: &Arc<Shared>,
-    id: u32,
-    parts: (
-        mpsc::UnboundedReceiver<Event>,
-        Arc<Semaphore>,
-        Arc<Mutex<RecvWindow>>,
-    ),
-) -> (FlowSender, FlowReceiver) {
+fn make_flow(shared: &Arc<Shared>, id: u32, parts: SlotParts) -> (FlowSender, FlowReceiver) {
     let guard = Arc::new(Guard {
         shared: shared.clone(),
         id,
@@ -304,18 +298,25 @@ impl Mux {
         if s.closed.is_cancelled() {
             return Err(FlowError::Closed(s.close_reason()));
         }
-        let id = s.next_id.fetch_add(2, Ordering::Relaxed);
-        if id >= u32::MAX - 2 {
-            s.close("flow ids exhausted");
-            return Err(FlowError::Closed("flow ids exhausted".into()));
-        }
-        let parts = s.new_slot(id);
-        s.out
-            .send(Frame::Open {
+        // Allocate and queue OPEN under the lock, so OPENs leave in id order (the peer checks it).
+        let (id, parts) = {
+            let mut flows = s.lock_flows();
+            let id = s.next_id.fetch_add(2, Ordering::Relaxed);
+            if id >= u32::MAX - 2 {
+                drop(flows);
+                s.close("flow ids exhausted");
+                return Err(FlowError::Closed("flow ids exhausted".into()));
+            }
+            let parts = Shared::insert_slot(&mut flows, id);
+            let open = Frame::Open {
                 flow: id,
                 service: service.into(),
-            })
-            .map_err(|_| FlowError::Closed(s.close_reason()))?;
+            };
+            if s.out.send(open).is_err() {
+                return Err(FlowError::Closed("closed".into()));
+            }
+            (id, parts)
+        };
         Ok(make_flow(s, id, parts))
     }
 
