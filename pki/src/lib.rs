@@ -1,3 +1,6 @@
 //! Certificate profiles, issuance, CRL and OCSP, RFC 5280 path validation through bridges
 
 #![forbid(unsafe_code)]
+pub mod ca;
+pub mod fascn;
+pub mod profiles;

@@ -1,0 +1,6 @@
+//! The CA: issuance from PKCS#10 requests under a profile, CRLs, OCSP (RFC 6960), the redb CA
+//! database and the publication of certificates as .p7c bundles.
+
+pub mod csr;
+pub mod issue;
+pub mod signer;
