@@ -11,7 +11,7 @@ pub mod control;
 pub mod flow;
 pub mod frame;
 pub mod mux;
-mod udp;
+pub mod udp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
