@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod client;
 pub mod error;
+pub mod http;
 pub mod kek;
 pub mod lifecycle;
 pub mod pool;
@@ -11,6 +13,9 @@ pub mod secret;
 pub mod service;
 pub mod source;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;
+pub mod tls;
 
 pub use error::KmsError;
 pub use secret::KeyMaterial;
