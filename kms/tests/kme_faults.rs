@@ -2,6 +2,8 @@
 //! (`qsi_kms::testkit::TestKme`), because qkd-sim cannot produce malformed JSON, wrong key sizes,
 //! duplicate or replayed key IDs, hangs or dropped connections on demand.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
 use std::sync::Arc;
 use std::time::Duration;
 
