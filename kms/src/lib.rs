@@ -2,14 +2,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod http;
 pub mod kek;
 pub mod lifecycle;
 pub mod pool;
 pub mod secret;
+pub mod server;
 pub mod service;
 pub mod source;
 pub mod store;

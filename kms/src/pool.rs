@@ -240,11 +240,51 @@ impl Pool {
         Some(k)
     }
 
+    /// Master: `n` keys at once (announced first, then fresh), or none if fewer are held.
+    pub fn take_n(&mut self, n: usize) -> Option<Vec<(String, KeyMaterial)>> {
+        if self.announced.len() + self.fresh.len() < n {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self
+                .announced
+                .pop_front()
+                .or_else(|| self.fresh.pop_front())
+            {
+                Some(k) => out.push(k),
+                None => break,
+            }
+        }
+        self.m.consumed_total += out.len() as u64;
+        Some(out)
+    }
+
+    /// Slave: the keys with these IDs, all or none; on failure, the IDs that are not held.
+    pub fn take_ids(&mut self, ids: &[String]) -> Result<Vec<KeyMaterial>, Vec<String>> {
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.ready.contains_key(*id))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        let out: Vec<KeyMaterial> = ids.iter().filter_map(|id| self.ready.remove(id)).collect();
+        self.m.consumed_total += out.len() as u64;
+        Ok(out)
+    }
+
     /// Slave: removes the key with this ID.
     pub fn take_id(&mut self, id: &str) -> Option<KeyMaterial> {
         let k = self.ready.remove(id)?;
         self.m.consumed_total += 1;
         Some(k)
+    }
+
+    /// Whether the slave pool holds this ID in memory now.
+    pub fn holds(&self, id: &str) -> bool {
+        self.ready.contains_key(id)
     }
 
     /// Whether the slave pool holds this ID or waits for it.

@@ -194,7 +194,7 @@ impl Kms {
         })?;
         l.wake.notify_one();
         self.store.submit_blocking(Op::Deliver {
-            key_id: id.clone(),
+            key_ids: vec![id.clone()],
             consumer: consumer.to_string(),
         })?;
         Ok((id, key))
@@ -217,7 +217,7 @@ impl Kms {
         l.wake.notify_one();
         self.store
             .submit(Op::Deliver {
-                key_id: id.clone(),
+                key_ids: vec![id.clone()],
                 consumer: consumer.to_string(),
             })
             .await?;
@@ -276,7 +276,7 @@ impl Kms {
             if let Some(key) = found {
                 l.wake.notify_one();
                 self.store.submit_blocking(Op::Deliver {
-                    key_id: key_id.to_string(),
+                    key_ids: vec![key_id.to_string()],
                     consumer: consumer.to_string(),
                 })?;
                 return Ok((l.name.clone(), key));
@@ -307,11 +307,69 @@ impl Kms {
         let key = taken.ok_or_else(|| KmsError::NotAvailable(key_id.to_string()))?;
         self.store
             .submit(Op::Deliver {
-                key_id: key_id.to_string(),
+                key_ids: vec![key_id.to_string()],
                 consumer: consumer.to_string(),
             })
             .await?;
         Ok(key)
+    }
+
+    /// Master, async: `n` keys at once for a local SAE's `enc_keys` (all or none), durable before return.
+    pub async fn take_keys(
+        &self,
+        link: &str,
+        consumer: &str,
+        n: usize,
+    ) -> Result<Vec<(String, KeyMaterial)>, KmsError> {
+        let l = self.link(link)?;
+        Self::expect_role(l, Role::Master, "enc_keys")?;
+        let taken = l.pool().take_n(n);
+        let keys = taken.ok_or_else(|| KmsError::Exhausted {
+            link: link.to_string(),
+            hint: ": fewer keys in the reserve than asked for",
+        })?;
+        l.wake.notify_one();
+        self.store
+            .submit(Op::Deliver {
+                key_ids: keys.iter().map(|(id, _)| id.clone()).collect(),
+                consumer: consumer.to_string(),
+            })
+            .await?;
+        Ok(keys)
+    }
+
+    /// Slave, async: the keys with these IDs for a local SAE's `dec_keys` (all or none). IDs not in
+    /// memory are fetched from the KME first, in one request.
+    pub async fn take_ids(
+        &self,
+        link: &str,
+        ids: &[String],
+        consumer: &str,
+    ) -> Result<Vec<KeyMaterial>, KmsError> {
+        let l = self.link(link)?;
+        Self::expect_role(l, Role::Slave, "dec_keys")?;
+        let missing: Vec<String> = {
+            let p = l.pool();
+            ids.iter().filter(|id| !p.holds(id)).cloned().collect()
+        };
+        if !missing.is_empty() {
+            for id in &missing {
+                if self.store.is_spent(id)? {
+                    return Err(KmsError::NotAvailable(id.clone()));
+                }
+            }
+            self.fetch_ids(l, missing).await?;
+        }
+        let taken = l.pool().take_ids(ids);
+        let keys = taken.map_err(|missing| KmsError::NotAvailable(missing.join(", ")))?;
+        l.wake.notify_one();
+        self.store
+            .submit(Op::Deliver {
+                key_ids: ids.to_vec(),
+                consumer: consumer.to_string(),
+            })
+            .await?;
+        Ok(keys)
     }
 
     /// Records an audit event that is not a key movement (a refused request, for instance).

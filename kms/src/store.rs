@@ -58,7 +58,7 @@ impl Clock for SystemClock {
 }
 
 /// Which ETSI 014 role this site's SAE plays on a link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Calls `enc_keys`, announces key IDs to the peer.
@@ -236,7 +236,7 @@ pub(crate) enum Op {
         mark: bool,
     },
     Deliver {
-        key_id: String,
+        key_ids: Vec<String>,
         consumer: String,
     },
     Event(AuditEvent),
@@ -629,49 +629,57 @@ impl Writer {
                 t.append(&mut self.head, now, &AuditEvent::Announced { link, ids })?;
                 Ok(Out::Done)
             }
-            Op::Deliver { key_id, consumer } => {
-                let rec = t
-                    .live
-                    .remove(key_id.as_str())
-                    .map_err(db_err)?
-                    .map(|v| v.value().to_vec());
-                let Some(bytes) = rec else {
-                    return Err(KmsError::NotAvailable(key_id));
-                };
-                let r: LiveRecord = dec("live key", &bytes)?;
-                let spent = SpentRecord {
-                    link: r.link.clone(),
-                    batch: r.batch,
-                    consumer: consumer.clone(),
-                    at_ms: now,
-                };
-                t.spent
-                    .insert(key_id.as_str(), enc(&spent)?.as_slice())
-                    .map_err(db_err)?;
-                t.append(
-                    &mut self.head,
-                    now,
-                    &AuditEvent::Delivered {
+            Op::Deliver { key_ids, consumer } => {
+                // all or nothing: check every ID before changing anything
+                for id in &key_ids {
+                    if t.live.get(id.as_str()).map_err(db_err)?.is_none() {
+                        return Err(KmsError::NotAvailable(id.clone()));
+                    }
+                }
+                for key_id in key_ids {
+                    let rec = t
+                        .live
+                        .remove(key_id.as_str())
+                        .map_err(db_err)?
+                        .map(|v| v.value().to_vec());
+                    let Some(bytes) = rec else {
+                        return Err(KmsError::NotAvailable(key_id));
+                    };
+                    let r: LiveRecord = dec("live key", &bytes)?;
+                    let spent = SpentRecord {
                         link: r.link.clone(),
-                        key_id,
-                        consumer,
-                    },
-                )?;
-                let mut b = t.batch(r.batch)?;
-                b.live = b.live.saturating_sub(1);
-                if b.live == 0 {
-                    b.state = BatchState::Erased;
-                    b.wrapped_dk = None;
+                        batch: r.batch,
+                        consumer: consumer.clone(),
+                        at_ms: now,
+                    };
+                    t.spent
+                        .insert(key_id.as_str(), enc(&spent)?.as_slice())
+                        .map_err(db_err)?;
                     t.append(
                         &mut self.head,
                         now,
-                        &AuditEvent::Erased {
-                            link: r.link,
-                            batch: b.id,
+                        &AuditEvent::Delivered {
+                            link: r.link.clone(),
+                            key_id,
+                            consumer: consumer.clone(),
                         },
                     )?;
+                    let mut b = t.batch(r.batch)?;
+                    b.live = b.live.saturating_sub(1);
+                    if b.live == 0 {
+                        b.state = BatchState::Erased;
+                        b.wrapped_dk = None;
+                        t.append(
+                            &mut self.head,
+                            now,
+                            &AuditEvent::Erased {
+                                link: r.link,
+                                batch: b.id,
+                            },
+                        )?;
+                    }
+                    t.put_batch(&b)?;
                 }
-                t.put_batch(&b)?;
                 Ok(Out::Done)
             }
             Op::Event(ev) => {
@@ -1147,6 +1155,19 @@ impl Store {
                 batch: r.batch,
                 announced: r.announced,
             });
+        }
+        Ok(out)
+    }
+
+    /// Every delivered key ID with its consumer.
+    pub fn spent_keys(&self) -> Result<Vec<(String, String)>, KmsError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(SPENT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let r: SpentRecord = dec("spent key", v.value())?;
+            out.push((k.value().to_string(), r.consumer));
         }
         Ok(out)
     }

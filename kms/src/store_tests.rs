@@ -131,13 +131,13 @@ fn keys_survive_restart_sealed_and_delivered_keys_never_come_back() {
         );
         assert_eq!(c.accepted.len(), 3);
         s.submit_blocking(Op::Deliver {
-            key_id: "k2".into(),
+            key_ids: vec!["k2".into()],
             consumer: "t".into(),
         })
         .unwrap();
         assert!(matches!(
             s.submit_blocking(Op::Deliver {
-                key_id: "k2".into(),
+                key_ids: vec!["k2".into()],
                 consumer: "u".into()
             }),
             Err(KmsError::NotAvailable(_))
@@ -172,13 +172,13 @@ fn a_batch_whose_last_key_is_delivered_loses_its_data_key() {
     };
     assert!(wrapped(&s).is_some());
     s.submit_blocking(Op::Deliver {
-        key_id: "x1".into(),
+        key_ids: vec!["x1".into()],
         consumer: "t".into(),
     })
     .unwrap();
     assert!(wrapped(&s).is_some(), "one key still live");
     s.submit_blocking(Op::Deliver {
-        key_id: "x2".into(),
+        key_ids: vec!["x2".into()],
         consumer: "t".into(),
     })
     .unwrap();
@@ -197,7 +197,7 @@ fn misbehaving_answers_are_refused_key_by_key_and_audited() {
     let b = begin(&s, Role::Master, 4, vec![]);
     complete(&s, b, vec![("old".into(), key(9))]);
     s.submit_blocking(Op::Deliver {
-        key_id: "old".into(),
+        key_ids: vec!["old".into()],
         consumer: "t".into(),
     })
     .unwrap();
@@ -258,7 +258,7 @@ fn audit_log_verifies_and_detects_edit_delete_truncate() {
             let b = begin(&s, Role::Master, 1, vec![]);
             complete(&s, b, vec![(format!("a{i}"), key(i))]);
             s.submit_blocking(Op::Deliver {
-                key_id: format!("a{i}"),
+                key_ids: vec![format!("a{i}")],
                 consumer: "t".into(),
             })
             .unwrap();
@@ -418,7 +418,7 @@ fn concurrent_deliveries_are_group_committed_and_each_key_goes_once() {
                 // every thread tries every key: exactly one delivery each must succeed
                 for i in 0..200 {
                     if s.submit_blocking(Op::Deliver {
-                        key_id: format!("g{i}"),
+                        key_ids: vec![format!("g{i}")],
                         consumer: format!("t{t}"),
                     })
                     .is_ok()

@@ -306,6 +306,11 @@ impl TestKme {
         lock(&self.state.handed_over).clone()
     }
 
+    /// The bytes of a key it issued (to check what a consumer received).
+    pub fn key_of(&self, id: &str) -> Option<Vec<u8>> {
+        lock(&self.state.issued).get(id).cloned()
+    }
+
     /// Stops serving.
     pub fn stop(&self) {
         self.task.abort();
