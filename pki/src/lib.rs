@@ -4,3 +4,6 @@
 pub mod ca;
 pub mod fascn;
 pub mod profiles;
+pub mod path;
+pub mod revocation;
+pub mod validate;
