@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 pub mod ca;
 pub mod fascn;
-pub mod profiles;
 pub mod path;
+pub mod profiles;
 pub mod revocation;
 pub mod validate;
