@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod portal;
 pub mod server;
 pub mod testbed;
 pub mod tls;

@@ -1,0 +1,114 @@
+//! The validation seam: the portal asks a [`CardValidator`] whether a presented card certificate chain is
+//! good now, and under which certificate policies (in the portal's own policy domain, after any bridge
+//! policy mapping). The engine behind it is the PKI validator (RFC 5280 with policies, bridges and
+//! revocation); [`WebPkiCardValidator`] is a simpler engine for deployments without bridges: path to a
+//! local trust anchor, validity, clientAuth, and CRLs, but no policy processing.
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+
+/// Why a card certificate was refused. The message is shown to the person logging in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CardRefusal {
+    /// No certificate was presented.
+    #[error("no card certificate was presented")]
+    NoCertificate,
+    /// The certificate has expired (or is not valid yet).
+    #[error("your card certificate is expired or not yet valid: ask your card office for a new card")]
+    Expired,
+    /// The certificate was revoked by its issuer.
+    #[error("your card certificate has been revoked: contact your card office")]
+    Revoked,
+    /// Its revocation status could not be established (no fresh CRL or OCSP answer).
+    #[error("the revocation status of your card could not be checked; try again later or contact the help desk")]
+    RevocationUnknown,
+    /// No path to a trust anchor of this site (unknown issuer, or a bridge this site does not trust).
+    #[error("your card was issued by a certificate authority this site does not trust (no path to a trusted anchor or bridge)")]
+    Untrusted,
+    /// A path exists but none of its policies is accepted here.
+    #[error("your card's certificate policies are not accepted at this site")]
+    PolicyNotAccepted,
+    /// The certificate is malformed or otherwise invalid.
+    #[error("your card certificate is invalid: {0}")]
+    Invalid(String),
+}
+
+/// What a validated card certificate proves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ValidatedCard {
+    /// The certificate policies valid for the path, in this site's policy domain (dotted OIDs); empty when
+    /// the engine does no policy processing.
+    pub policies: Vec<String>,
+    /// The trust anchor or bridge the path ended at (subject, for logs and audit).
+    pub anchor: String,
+}
+
+/// The seam between the portal and a path validation engine.
+pub trait CardValidator: Send + Sync + std::fmt::Debug {
+    /// Validates `end_entity` (with the `intermediates` the client sent) at time `now`.
+    fn validate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ValidatedCard, CardRefusal>;
+}
+
+/// Path validation by rustls-webpki: trust anchors, validity, clientAuth EKU and CRLs (the whole chain),
+/// without certificate policy processing (so without bridge policy mapping).
+#[derive(Debug)]
+pub struct WebPkiCardValidator {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl WebPkiCardValidator {
+    /// A validator for `anchors` with `crls`; with CRLs given, a certificate whose issuer has no CRL here
+    /// is refused as of unknown status.
+    pub fn new(
+        anchors: &[CertificateDer<'static>],
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for a in anchors {
+            roots.add(a.clone()).map_err(|e| format!("trust anchor: {e}"))?;
+        }
+        let mut b = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(super::tls::pq_provider()),
+        );
+        if !crls.is_empty() {
+            b = b.with_crls(crls);
+        }
+        let inner = b.build().map_err(|e| format!("validator: {e}"))?;
+        Ok(WebPkiCardValidator { inner })
+    }
+}
+
+impl CardValidator for WebPkiCardValidator {
+    fn validate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ValidatedCard, CardRefusal> {
+        use rustls::CertificateError as C;
+        match self.inner.verify_client_cert(end_entity, intermediates, now) {
+            Ok(_) => Ok(ValidatedCard::default()),
+            Err(rustls::Error::InvalidCertificate(c)) => Err(match c {
+                C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+                    CardRefusal::Expired
+                }
+                C::Revoked => CardRefusal::Revoked,
+                C::UnknownRevocationStatus
+                | C::ExpiredRevocationList
+                | C::ExpiredRevocationListContext { .. } => CardRefusal::RevocationUnknown,
+                C::UnknownIssuer => CardRefusal::Untrusted,
+                other => CardRefusal::Invalid(format!("{other:?}")),
+            }),
+            Err(e) => Err(CardRefusal::Invalid(e.to_string())),
+        }
+    }
+}
