@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod card;
 pub mod cli;
 pub mod config;
 pub mod metrics;

@@ -85,7 +85,8 @@ impl PortalClient {
     /// Sends a request with the session token (if any) and reads the JSON answer.
     pub async fn request(&mut self, method: Method, path: &str) -> anyhow::Result<Answer> {
         let token = self.token.as_ref().map(|t| t.as_str().to_owned());
-        self.request_with_token(method, path, token.as_deref()).await
+        self.request_with_token(method, path, token.as_deref())
+            .await
     }
 
     /// Sends a request with an explicit token (tests replay tokens across connections with this).
@@ -107,9 +108,8 @@ impl PortalClient {
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(
-            |_| serde_json::json!({ "raw": String::from_utf8_lossy(&bytes) }),
-        );
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::json!({ "raw": String::from_utf8_lossy(&bytes) }));
         Ok(Answer { status, body })
     }
 

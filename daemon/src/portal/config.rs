@@ -181,7 +181,10 @@ impl PortalConfig {
     pub fn validate(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
         let rel = |p: &Path| base.join(p);
         let listen = raw.listen.parse().map_err(|_| {
-            field("listen", format!("{:?} is not host:port, e.g. 127.0.0.1:8443", raw.listen))
+            field(
+                "listen",
+                format!("{:?} is not host:port, e.g. 127.0.0.1:8443", raw.listen),
+            )
         })?;
         let clearance: Label = raw
             .clearance
@@ -189,10 +192,16 @@ impl PortalConfig {
             .map_err(|e| field("clearance", format!("{e}")))?;
         let ttl = raw.session_ttl_secs.unwrap_or(900);
         if !(10..=86_400).contains(&ttl) {
-            return Err(field("session_ttl_secs", "must be between 10 and 86400 seconds"));
+            return Err(field(
+                "session_ttl_secs",
+                "must be between 10 and 86400 seconds",
+            ));
         }
         if raw.trust.anchors.is_empty() {
-            return Err(field("trust.anchors", "name at least one trust anchor (PEM file)"));
+            return Err(field(
+                "trust.anchors",
+                "name at least one trust anchor (PEM file)",
+            ));
         }
         let mut objects = BTreeMap::new();
         for (i, o) in raw.objects.into_iter().enumerate() {
@@ -204,17 +213,30 @@ impl PortalConfig {
             if !clearance.dominates(&label) {
                 return Err(field(
                     format!("{f}.label"),
-                    format!("{label} is above this site's clearance {clearance}: the site may not hold it"),
+                    format!(
+                        "{label} is above this site's clearance {clearance}: the site may not hold it"
+                    ),
                 ));
             }
             let id_ok = !o.id.is_empty()
-                && o.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                && o.id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
             if !id_ok {
-                return Err(field(format!("{f}.id"), "use letters, digits, '-', '_' and '.'"));
+                return Err(field(
+                    format!("{f}.id"),
+                    "use letters, digits, '-', '_' and '.'",
+                ));
             }
             let file = rel(&o.file);
-            if objects.insert(o.id.clone(), DataObject { label, file }).is_some() {
-                return Err(field(format!("{f}.id"), format!("{:?} appears twice", o.id)));
+            if objects
+                .insert(o.id.clone(), DataObject { label, file })
+                .is_some()
+            {
+                return Err(field(
+                    format!("{f}.id"),
+                    format!("{:?} appears twice", o.id),
+                ));
             }
         }
         let mut services = BTreeMap::new();
@@ -227,14 +249,25 @@ impl PortalConfig {
             if !clearance.dominates(&label) {
                 return Err(field(
                     format!("{f}.label"),
-                    format!("{label} is above this site's clearance {clearance}: the site refuses to carry it"),
+                    format!(
+                        "{label} is above this site's clearance {clearance}: the site refuses to carry it"
+                    ),
                 ));
             }
             let upstream = s.upstream.parse().map_err(|_| {
-                field(format!("{f}.upstream"), "must be host:port, e.g. 127.0.0.1:9000")
+                field(
+                    format!("{f}.upstream"),
+                    "must be host:port, e.g. 127.0.0.1:9000",
+                )
             })?;
-            if services.insert(s.name.clone(), Service { label, upstream }).is_some() {
-                return Err(field(format!("{f}.name"), format!("{:?} appears twice", s.name)));
+            if services
+                .insert(s.name.clone(), Service { label, upstream })
+                .is_some()
+            {
+                return Err(field(
+                    format!("{f}.name"),
+                    format!("{:?} appears twice", s.name),
+                ));
             }
         }
         Ok(PortalConfig {

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod server;
 pub mod session;
+pub mod testbed;
 pub mod tls;
 pub mod validate;
 

@@ -45,9 +45,15 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// Reads the binding and the client chain from an established server connection.
-    pub fn from_tls(conn: &rustls::ServerConnection, peer: SocketAddr) -> Result<Self, rustls::Error> {
+    pub fn from_tls(
+        conn: &rustls::ServerConnection,
+        peer: SocketAddr,
+    ) -> Result<Self, rustls::Error> {
         let binding = conn.export_keying_material([0u8; BINDING_LEN], EXPORTER_LABEL, None)?;
-        let chain = conn.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+        let chain = conn
+            .peer_certificates()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
         Ok(ConnInfo {
             binding,
             chain,
@@ -66,7 +72,9 @@ pub enum LoginRefusal {
     #[error("{0}")]
     NotACard(String),
     /// No person is registered for this card.
-    #[error("your card is not registered at this site: ask a security officer to grant you a clearance")]
+    #[error(
+        "your card is not registered at this site: ask a security officer to grant you a clearance"
+    )]
     UnknownPerson,
     /// The person's clearance was revoked.
     #[error("your clearance at this site has been withdrawn: contact a security officer")]
@@ -87,7 +95,9 @@ pub struct Portal {
 
 impl std::fmt::Debug for Portal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Portal").field("listen", &self.config.listen).finish_non_exhaustive()
+        f.debug_struct("Portal")
+            .field("listen", &self.config.listen)
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,7 +159,9 @@ impl Portal {
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
-        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Validates the connection's card and opens a session.
@@ -192,7 +204,8 @@ impl Portal {
         if !accepted.is_empty() && !validated.policies.iter().any(|p| accepted.contains(p)) {
             return Err(CardRefusal::PolicyNotAccepted.into());
         }
-        let id = CardIdentity::from_cert_der(ee).map_err(|e| LoginRefusal::NotACard(e.to_string()))?;
+        let id =
+            CardIdentity::from_cert_der(ee).map_err(|e| LoginRefusal::NotACard(e.to_string()))?;
         let person = self
             .store
             .person_for(&id)
@@ -212,15 +225,19 @@ impl Portal {
             clearance,
             policies: validated.policies,
         };
-        Ok(self
-            .sessions()
-            .create(new, conn.binding, now, self.config.session_ttl_secs, &random))
+        Ok(self.sessions().create(
+            new,
+            conn.binding,
+            now,
+            self.config.session_ttl_secs,
+            &random,
+        ))
     }
 
-    fn session(&self, conn: &ConnInfo, token: Option<&str>) -> Result<Session, Resp> {
+    fn session(&self, conn: &ConnInfo, token: Option<&str>) -> Result<Session, Box<Resp>> {
         let now = self.now();
         let checked = self.sessions().check(token, &conn.binding, now);
-        checked.map_err(|e| self.token_refused(conn, e))
+        checked.map_err(|e| Box::new(self.token_refused(conn, e)))
     }
 
     fn token_refused(&self, conn: &ConnInfo, e: TokenRefusal) -> Resp {
@@ -298,7 +315,7 @@ impl Portal {
                         "clearance": s.clearance.to_string(), "expires_at": s.expires_at,
                     }),
                 ),
-                Err(r) => r,
+                Err(r) => *r,
             },
             (&Method::GET, ["data"]) => match self.session(conn, token.as_deref()) {
                 Ok(s) => {
@@ -311,18 +328,18 @@ impl Portal {
                         .collect();
                     json_response(StatusCode::OK, json!({ "objects": visible }))
                 }
-                Err(r) => r,
+                Err(r) => *r,
             },
             (&Method::GET, ["data", id]) => match self.session(conn, token.as_deref()) {
                 Ok(s) => self.data(&s, id).await,
-                Err(r) => r,
+                Err(r) => *r,
             },
             (_, ["service", name, ..]) => {
                 let name = (*name).to_owned();
                 let rest = segments.get(2).map_or(String::new(), |r| (*r).to_owned());
                 match self.session(conn, token.as_deref()) {
                     Ok(s) => self.forward(&s, &name, &rest, req).await,
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             }
             _ => not_found(),
@@ -347,7 +364,10 @@ impl Portal {
             ),
             Err(e) => {
                 tracing::error!(file = %obj.file.display(), error = %e, "data object unreadable");
-                error(StatusCode::INTERNAL_SERVER_ERROR, "the object could not be read")
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the object could not be read",
+                )
             }
         }
     }
@@ -363,7 +383,10 @@ impl Portal {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(service = %name, error = %e, "upstream failed");
-                error(StatusCode::BAD_GATEWAY, format!("service {name} is unavailable"))
+                error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("service {name} is unavailable"),
+                )
             }
         }
     }
@@ -424,7 +447,11 @@ async fn forward_http(
         .await
         .map_err(|e| anyhow::anyhow!("request body: {e}"))?
         .to_bytes();
-    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let mut out = Request::builder()
         .method(parts.method)
         .uri(format!("/{rest}{query}"))

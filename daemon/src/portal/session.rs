@@ -220,13 +220,19 @@ mod tests {
             s.check(Some(tok2.expose()), &a, 1060),
             Err(TokenRefusal::Expired { .. })
         ));
-        assert_eq!(s.check(Some(tok2.expose()), &a, 1001), Err(TokenRefusal::Unknown));
+        assert_eq!(
+            s.check(Some(tok2.expose()), &a, 1001),
+            Err(TokenRefusal::Unknown)
+        );
         // Replay on another connection ends the session.
         assert!(matches!(
             s.check(Some(tok.expose()), &b, 1002),
             Err(TokenRefusal::OtherConnection { .. })
         ));
-        assert_eq!(s.check(Some(tok.expose()), &a, 1002), Err(TokenRefusal::Unknown));
+        assert_eq!(
+            s.check(Some(tok.expose()), &a, 1002),
+            Err(TokenRefusal::Unknown)
+        );
         assert!(s.is_empty());
     }
 
@@ -236,7 +242,10 @@ mod tests {
         let a = [1u8; 32];
         let (t1, _) = s.create(new(), a, 0, 60, &[1u8; 48]);
         s.logout(Some(t1.expose()), &a, 1).unwrap();
-        assert_eq!(s.check(Some(t1.expose()), &a, 2), Err(TokenRefusal::Unknown));
+        assert_eq!(
+            s.check(Some(t1.expose()), &a, 2),
+            Err(TokenRefusal::Unknown)
+        );
         let (_t2, _) = s.create(new(), a, 0, 60, &[2u8; 48]);
         let (_t3, _) = s.create(new(), [9u8; 32], 0, 60, &[3u8; 48]);
         assert_eq!(s.connection_closed(&a).len(), 1);

@@ -17,16 +17,22 @@ pub enum CardRefusal {
     #[error("no card certificate was presented")]
     NoCertificate,
     /// The certificate has expired (or is not valid yet).
-    #[error("your card certificate is expired or not yet valid: ask your card office for a new card")]
+    #[error(
+        "your card certificate is expired or not yet valid: ask your card office for a new card"
+    )]
     Expired,
     /// The certificate was revoked by its issuer.
     #[error("your card certificate has been revoked: contact your card office")]
     Revoked,
     /// Its revocation status could not be established (no fresh CRL or OCSP answer).
-    #[error("the revocation status of your card could not be checked; try again later or contact the help desk")]
+    #[error(
+        "the revocation status of your card could not be checked; try again later or contact the help desk"
+    )]
     RevocationUnknown,
     /// No path to a trust anchor of this site (unknown issuer, or a bridge this site does not trust).
-    #[error("your card was issued by a certificate authority this site does not trust (no path to a trusted anchor or bridge)")]
+    #[error(
+        "your card was issued by a certificate authority this site does not trust (no path to a trusted anchor or bridge)"
+    )]
     Untrusted,
     /// A path exists but none of its policies is accepted here.
     #[error("your card's certificate policies are not accepted at this site")]
@@ -73,7 +79,9 @@ impl WebPkiCardValidator {
     ) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         for a in anchors {
-            roots.add(a.clone()).map_err(|e| format!("trust anchor: {e}"))?;
+            roots
+                .add(a.clone())
+                .map_err(|e| format!("trust anchor: {e}"))?;
         }
         let mut b = WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
@@ -95,12 +103,16 @@ impl CardValidator for WebPkiCardValidator {
         now: UnixTime,
     ) -> Result<ValidatedCard, CardRefusal> {
         use rustls::CertificateError as C;
-        match self.inner.verify_client_cert(end_entity, intermediates, now) {
+        match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
             Ok(_) => Ok(ValidatedCard::default()),
             Err(rustls::Error::InvalidCertificate(c)) => Err(match c {
-                C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-                    CardRefusal::Expired
-                }
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => CardRefusal::Expired,
                 C::Revoked => CardRefusal::Revoked,
                 C::UnknownRevocationStatus
                 | C::ExpiredRevocationList
