@@ -92,6 +92,19 @@ pub enum ConfigError {
     },
 }
 
+/// A banner marking, UNCLASSIFIED when absent.
+fn parse_label(field: &str, raw: Option<&str>) -> Result<qsi_labels::Label, ConfigError> {
+    raw.map_or(Ok(qsi_labels::Label::bottom()), |m| {
+        m.parse().map_err(|e| {
+            invalid(
+                field,
+                format!("{e}"),
+                "write a banner marking such as \"SECRET//X\"",
+            )
+        })
+    })
+}
+
 fn invalid(
     field: impl Into<String>,
     problem: impl Into<String>,
@@ -189,6 +202,8 @@ pub struct RawPeer {
     pub address: Option<String>,
     /// Key-exchange groups for this peer (overrides `tls.key_exchange`).
     pub key_exchange: Option<Vec<String>>,
+    /// The highest label this tunnel is cleared to carry (banner marking); default UNCLASSIFIED.
+    pub clearance: Option<String>,
 }
 
 /// `[[forward]]`
@@ -203,6 +218,8 @@ pub struct RawForward {
     pub listen: String,
     /// `tcp` (default) or `udp`.
     pub protocol: Option<String>,
+    /// Classification of the service (banner marking); default UNCLASSIFIED.
+    pub label: Option<String>,
 }
 
 /// `[[expose]]`
@@ -217,6 +234,8 @@ pub struct RawExpose {
     pub target: String,
     /// `tcp` (default) or `udp`.
     pub protocol: Option<String>,
+    /// Classification of the service (banner marking); default UNCLASSIFIED.
+    pub label: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -345,6 +364,8 @@ pub struct PeerConfig {
     pub address: Option<String>,
     /// Accepted groups, in preference order.
     pub key_exchange: Vec<KxGroup>,
+    /// The highest label the tunnel may carry.
+    pub clearance: qsi_labels::Label,
 }
 
 /// A local listener carried to a peer.
@@ -358,6 +379,8 @@ pub struct Forward {
     pub listen: SocketAddr,
     /// Protocol.
     pub protocol: Protocol,
+    /// The service's label (never above the peer's clearance).
+    pub label: qsi_labels::Label,
 }
 
 /// A local target a peer may reach.
@@ -371,6 +394,8 @@ pub struct Expose {
     pub target: String,
     /// Protocol.
     pub protocol: Protocol,
+    /// The service's label (never above the peer's clearance).
+    pub label: qsi_labels::Label,
 }
 
 /// The validated configuration the daemon runs on.
@@ -749,12 +774,14 @@ impl RawConfig {
                 Some(list) => parse_groups(&f("key_exchange"), list)?,
                 None => default_kx.clone(),
             };
+            let clearance = parse_label(&f("clearance"), p.clearance.as_deref())?;
             peers.push(PeerConfig {
                 name: p.name,
                 identity: p.identity,
                 transport,
                 address: p.address,
                 key_exchange,
+                clearance,
             });
         }
 
@@ -781,11 +808,28 @@ impl RawConfig {
             }
         };
 
+        // A tunnel cleared to a level refuses to carry a service labelled above it.
+        let cleared_for = |field: String, peer: &str, raw: Option<&str>| {
+            let label = parse_label(&field, raw)?;
+            match peers.iter().find(|p| p.name == peer) {
+                Some(p) if !p.clearance.dominates(&label) => Err(invalid(
+                    field,
+                    format!(
+                        "{label} is above the clearance {} of the tunnel to {peer:?}",
+                        p.clearance
+                    ),
+                    "lower the service's label, or raise the peer's clearance if the link is accredited for it",
+                )),
+                _ => Ok(label),
+            }
+        };
+
         let mut forwards: Vec<Forward> = Vec::new();
         for (i, fw) in self.forward.into_iter().enumerate() {
             let f = |name: &str| format!("forward[{i}].{name}");
             check_name(&f("name"), &fw.name)?;
             check_peer(f("peer"), &fw.peer)?;
+            let label = cleared_for(f("label"), &fw.peer, fw.label.as_deref())?;
             let listen = parse_listen(&f("listen"), &fw.listen)?;
             let protocol = parse_protocol(&f("protocol"), fw.protocol.as_deref())?;
             if protocol == Protocol::Udp {
@@ -816,6 +860,7 @@ impl RawConfig {
                 peer: fw.peer,
                 listen,
                 protocol,
+                label,
             });
         }
 
@@ -824,6 +869,7 @@ impl RawConfig {
             let f = |name: &str| format!("expose[{i}].{name}");
             check_name(&f("name"), &ex.name)?;
             check_peer(f("peer"), &ex.peer)?;
+            let label = cleared_for(f("label"), &ex.peer, ex.label.as_deref())?;
             check_host_port(&f("target"), &ex.target)?;
             let protocol = parse_protocol(&f("protocol"), ex.protocol.as_deref())?;
             if protocol == Protocol::Udp {
@@ -844,6 +890,7 @@ impl RawConfig {
                 peer: ex.peer,
                 target: ex.target,
                 protocol,
+                label,
             });
         }
 

@@ -17,13 +17,10 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-qsi-portal-session-binding";
 /// Length of the exported binding value.
 pub const BINDING_LEN: usize = 32;
 
-/// The portal's crypto provider: aws-lc-rs with only the post-quantum groups, as the tunnels use.
+/// The portal's crypto provider: the tunnels' provider (aws-lc-rs, TLS 1.3 suites, post-quantum groups
+/// only: X25519MLKEM768, SECP256R1MLKEM768, MLKEM1024), so the portal never offers a classical-only group.
 pub fn pq_provider() -> CryptoProvider {
-    use rustls::crypto::aws_lc_rs::{self, kx_group};
-    CryptoProvider {
-        kx_groups: vec![kx_group::X25519MLKEM768, kx_group::MLKEM1024],
-        ..aws_lc_rs::default_provider()
-    }
+    crate::tls::base_provider()
 }
 
 /// Why a TLS configuration could not be built.
