@@ -1,7 +1,7 @@
 //! The PKCS#11 backend against a real SoftHSM2 token created per test.
 
 // Helpers outside #[test] functions fail loudly too.
-#![allow(clippy::panic)]
+#![allow(clippy::panic, clippy::unwrap_used)] // test crate: failures should be loud
 
 use std::sync::Arc;
 

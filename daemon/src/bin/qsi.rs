@@ -23,6 +23,9 @@ enum Command {
     /// Inspect and steer the tunnels of a running qsid (admin socket)
     #[command(subcommand)]
     Tunnel(cli::tunnel::Command),
+    /// Keys in PKCS#11 tokens: init-token, list, keygen, pubkey, test
+    #[command(subcommand)]
+    Hsm(cli::hsm::Command),
     /// Run two sites on loopback with throw-away credentials and prove the tunnels are post-quantum
     Demo(cli::demo::Args),
     /// Benchmark programs (each runs its comparison peer in the same run and prints the ratio)
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     cli::init_tracing();
     match cli.command {
         Command::Tunnel(cmd) => cli::tunnel::run(cmd),
+        Command::Hsm(cmd) => cli::hsm::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
     }

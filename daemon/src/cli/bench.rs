@@ -9,11 +9,14 @@ pub enum Command {
     /// Tunnel throughput, flow setup latency, handshakes/s and CPU per GB: direct TCP, stunnel4, qsid
     /// over TLS and over QUIC, side by side
     Tunnel(super::bench_tunnel::Args),
+    /// Signatures/s for P-256, P-384 and ML-DSA-65 through SoftHSM2 beside aws-lc-rs directly, with the ratio
+    Hsm(super::bench_hsm::Args),
 }
 
 /// Runs the chosen benchmark.
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Tunnel(args) => super::bench_tunnel::run(args),
+        Command::Hsm(args) => super::bench_hsm::run(args),
     }
 }

@@ -4,14 +4,17 @@
 //! async builds its runtime with [`block_on`].
 
 pub mod bench;
+pub mod bench_hsm;
 pub mod bench_tunnel;
 pub mod demo;
+pub mod hsm;
 pub mod tunnel;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`), so stdout stays clean for `--json` output.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // cryptoki logs every mechanism id it has no name for (PKCS#11 3.x ids) as an error: not ours to show.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cryptoki::mechanism=off"));
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

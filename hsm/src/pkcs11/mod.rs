@@ -597,6 +597,8 @@ impl Pkcs11Store {
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Id(id.clone()),
         ];
@@ -606,6 +608,9 @@ impl Pkcs11Store {
             Attribute::Sensitive(true),
             Attribute::Extractable(options.extractable),
             Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Id(id.clone()),
         ];
