@@ -327,13 +327,40 @@ pub enum Protocol {
     Udp,
 }
 
+/// The site's private key: zeroized on drop, never printed.
+pub struct SecretKey(PrivateKeyDer<'static>);
+
+impl SecretKey {
+    /// A copy for rustls (which parses it into aws-lc and drops the copy).
+    pub fn clone_key(&self) -> PrivateKeyDer<'static> {
+        self.0.clone_key()
+    }
+
+    /// The DER bytes (for comparison on reload).
+    pub fn secret_der(&self) -> &[u8] {
+        self.0.secret_der()
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey([redacted])")
+    }
+}
+
 /// The site's certificate chain and key, checked to match.
 #[derive(Clone)]
 pub struct Credentials {
     /// End-entity first.
     pub chain: Vec<CertificateDer<'static>>,
-    /// The private key (zeroized on drop by pki-types).
-    pub key: std::sync::Arc<PrivateKeyDer<'static>>,
+    /// The private key.
+    pub key: std::sync::Arc<SecretKey>,
 }
 
 impl fmt::Debug for Credentials {
@@ -900,7 +927,7 @@ impl RawConfig {
             listen_tls,
             credentials: Credentials {
                 chain,
-                key: std::sync::Arc::new(key),
+                key: std::sync::Arc::new(SecretKey(key)),
             },
             trust_anchors,
             admin_socket,

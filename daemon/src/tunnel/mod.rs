@@ -276,6 +276,10 @@ fn transport_config(datagrams: bool) -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
     t.send_window(64 * 1024 * 1024);
     t.keep_alive_interval(Some(Duration::from_secs(1)));
+    // Probe up to jumbo frames (loopback, data-centre links); discovery falls back to what the path carries.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(8952);
+    t.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(5)) {
         t.max_idle_timeout(Some(idle));
     }
