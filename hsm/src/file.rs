@@ -23,7 +23,7 @@ use crate::der;
 use crate::error::{Error, Result};
 use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, SignatureScheme};
 use crate::pin::Pin;
-use crate::store::{Backend, KeyStore, StoreInfo, check_label};
+use crate::store::{Backend, KeyStore, StoreInfo, check_kek, check_label, check_scheme};
 
 const NOT_FOR_PRODUCTION: &str =
     "file key store: NOT FOR PRODUCTION (development only; use a PKCS#11 HSM)";
@@ -353,16 +353,7 @@ impl FileStore {
     }
 
     fn aes(&self, kek: &KeyInfo, operation: &'static str) -> Result<LessSafeKey> {
-        if kek.algorithm != KeyAlgorithm::Aes256 {
-            return Err(Error::NotPermitted {
-                key: kek.label.clone(),
-                operation,
-                reason: format!(
-                    "needs an AES-256 key-encryption key, this is {}",
-                    kek.algorithm
-                ),
-            });
-        }
+        check_kek(kek, operation)?;
         let raw = self.private(kek)?;
         let unbound = UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| Error::Corrupt {
             name: kek.label.clone(),
@@ -532,17 +523,7 @@ impl KeyStore for FileStore {
     }
 
     fn sign_with(&self, key: &KeyInfo, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
-        if scheme.key_algorithm() != key.algorithm {
-            return Err(Error::NotPermitted {
-                key: key.label.clone(),
-                operation: "sign",
-                reason: format!(
-                    "{scheme:?} needs a {} key, this is {}",
-                    scheme.key_algorithm(),
-                    key.algorithm
-                ),
-            });
-        }
+        check_scheme(key, scheme)?;
         let private = self.private(key)?;
         let bad = || Error::Corrupt {
             name: key.label.clone(),

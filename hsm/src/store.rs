@@ -121,6 +121,37 @@ pub fn verify_signature(
         .map_err(|_| Error::Crypto(format!("{scheme:?} signature does not verify")))
 }
 
+/// Refuses a key-encryption key that is not AES-256.
+pub(crate) fn check_kek(kek: &KeyInfo, operation: &'static str) -> Result<()> {
+    if kek.algorithm == KeyAlgorithm::Aes256 {
+        return Ok(());
+    }
+    Err(Error::NotPermitted {
+        key: kek.label.clone(),
+        operation,
+        reason: format!(
+            "needs an AES-256 key-encryption key, this is {}",
+            kek.algorithm
+        ),
+    })
+}
+
+/// Refuses a scheme that does not fit the key's algorithm.
+pub(crate) fn check_scheme(key: &KeyInfo, scheme: SignatureScheme) -> Result<()> {
+    if scheme.key_algorithm() == key.algorithm {
+        return Ok(());
+    }
+    Err(Error::NotPermitted {
+        key: key.label.clone(),
+        operation: "sign",
+        reason: format!(
+            "{scheme:?} needs a {} key, this is {}",
+            scheme.key_algorithm(),
+            key.algorithm
+        ),
+    })
+}
+
 pub(crate) fn check_label(label: &str) -> Result<()> {
     let bad = |reason: &str| {
         Err(Error::InvalidLabel {

@@ -30,7 +30,7 @@ use crate::error::{Error, PinFlags, Result};
 use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, SignatureScheme};
 use crate::mldsa::{self, SealedKey};
 use crate::pin::Pin;
-use crate::store::{Backend, KeyStore, StoreInfo, check_label};
+use crate::store::{Backend, KeyStore, StoreInfo, check_kek, check_label, check_scheme};
 use crate::uri::Pkcs11Uri;
 
 /// Label of the AES key that seals ML-DSA private keys on tokens without ML-DSA.
@@ -558,21 +558,8 @@ impl Pkcs11Store {
     ) -> Result<KeyInfo> {
         self.require(MechanismType::AES_KEY_GEN)?;
         let id = self.new_id(session)?;
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(options.extractable),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Wrap(true),
-            Attribute::Unwrap(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.clone()),
-        ];
+        let mut template = aes_template(label, &id, options.extractable);
+        template.push(Attribute::ValueLen(32.into()));
         session
             .generate_key(&Mechanism::AesKeyGen, &template)
             .map_err(|e| self.p11("C_GenerateKey(CKM_AES_KEY_GEN)", e))?;
@@ -696,23 +683,36 @@ impl Pkcs11Store {
         Ok(self.info_for(label, id, algorithm, KeyStorage::SealedByToken, false))
     }
 
-    fn sealed_key(&self, session: &Session, key: &KeyInfo) -> Result<SealedKey> {
-        let h = self.handle(session, key, ObjectClass::DATA)?;
-        let value = session
-            .get_attributes(h, &[AttributeType::Value])
-            .map_err(|e| self.p11("C_GetAttributeValue", e))?
+    /// One byte-string attribute of an object, or [`Error::Corrupt`] naming what is missing.
+    fn read_bytes(
+        &self,
+        session: &Session,
+        h: ObjectHandle,
+        ty: AttributeType,
+        key: &KeyInfo,
+    ) -> Result<Vec<u8>> {
+        let attrs = session
+            .get_attributes(h, &[ty])
+            .map_err(|e| self.p11(&format!("C_GetAttributeValue({ty})"), e))?;
+        attrs
             .into_iter()
-            .find_map(|a| {
-                if let Attribute::Value(v) = a {
-                    Some(v)
-                } else {
-                    None
-                }
+            .find_map(|a| match a {
+                Attribute::Value(v)
+                | Attribute::EcPoint(v)
+                | Attribute::Modulus(v)
+                | Attribute::PublicExponent(v) => Some(v),
+                _ => None,
             })
+            .filter(|v| !v.is_empty())
             .ok_or_else(|| Error::Corrupt {
                 name: key.label.clone(),
-                reason: "no value".into(),
-            })?;
+                reason: format!("the object has no {ty}"),
+            })
+    }
+
+    fn sealed_key(&self, session: &Session, key: &KeyInfo) -> Result<SealedKey> {
+        let h = self.handle(session, key, ObjectClass::DATA)?;
+        let value = self.read_bytes(session, h, AttributeType::Value, key)?;
         SealedKey::decode(&value).ok_or_else(|| Error::Corrupt {
             name: key.label.clone(),
             reason: "not a sealed ML-DSA key".into(),
@@ -758,20 +758,52 @@ impl Pkcs11Store {
         drop(pkcs8); // zeroized here, right after the one signature
         sig
     }
+}
 
-    fn check_kek(&self, kek: &KeyInfo, operation: &'static str) -> Result<()> {
-        if kek.algorithm != KeyAlgorithm::Aes256 {
-            return Err(Error::NotPermitted {
-                key: kek.label.clone(),
-                operation,
-                reason: format!(
-                    "needs an AES-256 key-encryption key, this is {}",
-                    kek.algorithm
-                ),
-            });
-        }
-        Ok(())
-    }
+/// The template of an AES-256 token key: private, sensitive, for encrypt/decrypt/wrap/unwrap.
+fn aes_template(label: &str, id: &[u8], extractable: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(extractable),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
+}
+
+/// The PKCS#11 mechanism (hashing on the token) of an RSA signature scheme.
+fn rsa_mechanism(scheme: SignatureScheme) -> Option<(Mechanism<'static>, &'static str)> {
+    let pss = |hash_alg, mgf, s_len: u64| PkcsPssParams {
+        hash_alg,
+        mgf,
+        s_len: s_len.into(),
+    };
+    use SignatureScheme as S;
+    Some(match scheme {
+        S::RsaPkcs1Sha256 => (Mechanism::Sha256RsaPkcs, "CKM_SHA256_RSA_PKCS"),
+        S::RsaPkcs1Sha384 => (Mechanism::Sha384RsaPkcs, "CKM_SHA384_RSA_PKCS"),
+        S::RsaPkcs1Sha512 => (Mechanism::Sha512RsaPkcs, "CKM_SHA512_RSA_PKCS"),
+        S::RsaPssSha256 => (
+            Mechanism::Sha256RsaPkcsPss(pss(MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, 32)),
+            "CKM_SHA256_RSA_PKCS_PSS",
+        ),
+        S::RsaPssSha384 => (
+            Mechanism::Sha384RsaPkcsPss(pss(MechanismType::SHA384, PkcsMgfType::MGF1_SHA384, 48)),
+            "CKM_SHA384_RSA_PKCS_PSS",
+        ),
+        S::RsaPssSha512 => (
+            Mechanism::Sha512RsaPkcsPss(pss(MechanismType::SHA512, PkcsMgfType::MGF1_SHA512, 64)),
+            "CKM_SHA512_RSA_PKCS_PSS",
+        ),
+        _ => return None,
+    })
 }
 
 impl KeyStore for Pkcs11Store {
@@ -867,21 +899,8 @@ impl KeyStore for Pkcs11Store {
         self.with_session(|session| match key.algorithm {
             KeyAlgorithm::EcP256 | KeyAlgorithm::EcP384 => {
                 let h = self.handle(session, key, ObjectClass::PUBLIC_KEY)?;
-                let point = session
-                    .get_attributes(h, &[AttributeType::EcPoint])
-                    .map_err(|e| self.p11("C_GetAttributeValue(CKA_EC_POINT)", e))?
-                    .into_iter()
-                    .find_map(|a| {
-                        if let Attribute::EcPoint(p) = a {
-                            Some(p)
-                        } else {
-                            None
-                        }
-                    })
-                    .ok_or_else(|| Error::Corrupt {
-                        name: key.label.clone(),
-                        reason: "public key has no CKA_EC_POINT".into(),
-                    })?;
+                let point = self.read_bytes(session, h, AttributeType::EcPoint, key)?;
+
                 let coord = if key.algorithm == KeyAlgorithm::EcP256 {
                     32
                 } else {
@@ -896,23 +915,8 @@ impl KeyStore for Pkcs11Store {
             }
             KeyAlgorithm::Rsa3072 => {
                 let h = self.handle(session, key, ObjectClass::PUBLIC_KEY)?;
-                let (mut n, mut e) = (Vec::new(), Vec::new());
-                for a in session
-                    .get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])
-                    .map_err(|e| self.p11("C_GetAttributeValue(CKA_MODULUS)", e))?
-                {
-                    match a {
-                        Attribute::Modulus(m) => n = m,
-                        Attribute::PublicExponent(x) => e = x,
-                        _ => {}
-                    }
-                }
-                if n.is_empty() || e.is_empty() {
-                    return Err(Error::Corrupt {
-                        name: key.label.clone(),
-                        reason: "RSA public key lacks modulus or exponent".into(),
-                    });
-                }
+                let n = self.read_bytes(session, h, AttributeType::Modulus, key)?;
+                let e = self.read_bytes(session, h, AttributeType::PublicExponent, key)?;
                 Ok(der::spki_rsa(&n, &e))
             }
             KeyAlgorithm::MlDsa65 | KeyAlgorithm::MlDsa87 => {
@@ -929,23 +933,8 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn sign_with(&self, key: &KeyInfo, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
-        if scheme.key_algorithm() != key.algorithm {
-            return Err(Error::NotPermitted {
-                key: key.label.clone(),
-                operation: "sign",
-                reason: format!(
-                    "{scheme:?} needs a {} key, this is {}",
-                    scheme.key_algorithm(),
-                    key.algorithm
-                ),
-            });
-        }
+        check_scheme(key, scheme)?;
         use aws_lc_rs::digest;
-        let pss = |hash: MechanismType, mgf: PkcsMgfType, len: u64| PkcsPssParams {
-            hash_alg: hash,
-            mgf,
-            s_len: len.into(),
-        };
         self.with_session(|session| {
             if key.algorithm.is_ml_dsa() {
                 return self.sign_ml_dsa(session, key, message);
@@ -977,51 +966,17 @@ impl KeyStore for Pkcs11Store {
                         Error::Crypto("token returned a malformed ECDSA signature".into())
                     })
                 }
-                SignatureScheme::RsaPkcs1Sha256 => {
-                    run(&Mechanism::Sha256RsaPkcs, message, "CKM_SHA256_RSA_PKCS")
-                }
-                SignatureScheme::RsaPkcs1Sha384 => {
-                    run(&Mechanism::Sha384RsaPkcs, message, "CKM_SHA384_RSA_PKCS")
-                }
-                SignatureScheme::RsaPkcs1Sha512 => {
-                    run(&Mechanism::Sha512RsaPkcs, message, "CKM_SHA512_RSA_PKCS")
-                }
-                SignatureScheme::RsaPssSha256 => run(
-                    &Mechanism::Sha256RsaPkcsPss(pss(
-                        MechanismType::SHA256,
-                        PkcsMgfType::MGF1_SHA256,
-                        32,
-                    )),
-                    message,
-                    "CKM_SHA256_RSA_PKCS_PSS",
-                ),
-                SignatureScheme::RsaPssSha384 => run(
-                    &Mechanism::Sha384RsaPkcsPss(pss(
-                        MechanismType::SHA384,
-                        PkcsMgfType::MGF1_SHA384,
-                        48,
-                    )),
-                    message,
-                    "CKM_SHA384_RSA_PKCS_PSS",
-                ),
-                SignatureScheme::RsaPssSha512 => run(
-                    &Mechanism::Sha512RsaPkcsPss(pss(
-                        MechanismType::SHA512,
-                        PkcsMgfType::MGF1_SHA512,
-                        64,
-                    )),
-                    message,
-                    "CKM_SHA512_RSA_PKCS_PSS",
-                ),
-                SignatureScheme::MlDsa65 | SignatureScheme::MlDsa87 => {
-                    Err(Error::Crypto("unreachable ML-DSA branch".into()))
+                rsa => {
+                    let (mechanism, name) = rsa_mechanism(rsa)
+                        .ok_or_else(|| Error::Crypto(format!("{rsa:?} is not an RSA scheme")))?;
+                    run(&mechanism, message, name)
                 }
             }
         })
     }
 
     fn encrypt(&self, kek: &KeyInfo, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        self.check_kek(kek, "encrypt")?;
+        check_kek(kek, "encrypt")?;
         self.require(MechanismType::AES_GCM)?;
         self.with_session(|session| {
             let h = self.handle(session, kek, ObjectClass::SECRET_KEY)?;
@@ -1035,7 +990,7 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn decrypt(&self, kek: &KeyInfo, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-        self.check_kek(kek, "decrypt")?;
+        check_kek(kek, "decrypt")?;
         self.require(MechanismType::AES_GCM)?;
         if sealed.len() < 1 + GCM_NONCE + GCM_TAG || sealed[0] != SEALED_V1 {
             return Err(Error::DecryptFailed {
@@ -1050,7 +1005,7 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn wrap_key(&self, kek: &KeyInfo, key: &KeyInfo) -> Result<Vec<u8>> {
-        self.check_kek(kek, "wrap")?;
+        check_kek(kek, "wrap")?;
         if key.algorithm != KeyAlgorithm::Aes256 {
             return Err(Error::NotPermitted {
                 key: key.label.clone(),
@@ -1080,7 +1035,7 @@ impl KeyStore for Pkcs11Store {
         label: &str,
         algorithm: KeyAlgorithm,
     ) -> Result<KeyInfo> {
-        self.check_kek(kek, "unwrap")?;
+        check_kek(kek, "unwrap")?;
         check_label(label)?;
         if algorithm != KeyAlgorithm::Aes256 {
             return Err(Error::NotPermitted {
@@ -1099,20 +1054,7 @@ impl KeyStore for Pkcs11Store {
             }
             let unwrapping = self.handle(session, kek, ObjectClass::SECRET_KEY)?;
             let id = self.new_id(session)?;
-            let template = [
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-                Attribute::Wrap(true),
-                Attribute::Unwrap(true),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(id.clone()),
-            ];
+            let template = aes_template(label, &id, false);
             session
                 .unwrap_key(&Mechanism::AesKeyWrapPad, unwrapping, wrapped, &template)
                 .map_err(|e| match e {

@@ -161,31 +161,33 @@ fn p11(token: &str, function: &str, e: cryptoki::error::Error) -> Error {
     }
 }
 
+/// The initialized tokens of a module with their slots. A token removed under us (SoftHSM2: deleted by
+/// another process) answers `C_GetTokenInfo` with an error and is skipped.
+fn initialized_tokens(ctx: &Pkcs11) -> Result<Vec<(Slot, TokenInfo)>> {
+    let slots = ctx
+        .get_all_slots()
+        .map_err(|e| p11("", "C_GetSlotList", e))?;
+    Ok(slots
+        .into_iter()
+        .filter_map(|slot| ctx.get_token_info(slot).ok().map(|info| (slot, info)))
+        .filter(|(_, info)| info.token_initialized())
+        .collect())
+}
+
 /// Every initialized token of a module.
 pub fn list_tokens(module: &Path) -> Result<Vec<TokenSummary>> {
     let ctx = shared_context(module)?;
-    let mut out = Vec::new();
-    for slot in ctx
-        .get_all_slots()
-        .map_err(|e| p11("", "C_GetSlotList", e))?
-    {
-        // A token removed under us (SoftHSM2: deleted by another process) answers with an error: skip it.
-        let Ok(info) = ctx.get_token_info(slot) else {
-            continue;
-        };
-        if !info.token_initialized() {
-            continue;
-        }
-        out.push(TokenSummary {
+    Ok(initialized_tokens(&ctx)?
+        .into_iter()
+        .map(|(slot, info)| TokenSummary {
             slot: slot.id(),
             label: info.label().to_string(),
             serial: info.serial_number().to_string(),
             manufacturer: info.manufacturer_id().to_string(),
             model: info.model().to_string(),
             pin_flags: pin_flags(&info),
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// The slot holding a token, for raw cryptoki code sharing [`shared_context`].
@@ -200,16 +202,7 @@ pub(crate) fn find_token(
     selector: &TokenSelector,
 ) -> Result<(Slot, TokenInfo)> {
     let mut present = Vec::new();
-    for slot in ctx
-        .get_all_slots()
-        .map_err(|e| p11("", "C_GetSlotList", e))?
-    {
-        let Ok(info) = ctx.get_token_info(slot) else {
-            continue;
-        };
-        if !info.token_initialized() {
-            continue;
-        }
+    for (slot, info) in initialized_tokens(ctx)? {
         let hit = match selector {
             TokenSelector::Label(l) => info.label() == l,
             TokenSelector::Serial(s) => info.serial_number() == s,
