@@ -16,6 +16,9 @@ use super::card::{FASCN_LEN, card_san_der};
 /// A test certificate authority.
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
+    /// The CA's name (common name of its DN).
+    pub name: String,
+    public: ForeignPublicKey,
     /// The CA certificate (DER).
     pub cert_der: Vec<u8>,
     next_serial: std::sync::atomic::AtomicU64,
@@ -58,6 +61,8 @@ pub struct CardSpec {
     pub not_before: OffsetDateTime,
     /// Validity end.
     pub not_after: OffsetDateTime,
+    /// Certificate policies (dotted OIDs) asserted by the card certificate.
+    pub policies: Vec<String>,
 }
 
 impl CardSpec {
@@ -73,6 +78,7 @@ impl CardSpec {
             uuid: Some(uuid),
             not_before: now - time::Duration::hours(1),
             not_after: now + time::Duration::days(365),
+            policies: Vec::new(),
         }
     }
 }
@@ -97,8 +103,14 @@ impl TestCa {
         p.not_before = OffsetDateTime::now_utc() - time::Duration::days(1);
         p.not_after = OffsetDateTime::now_utc() + time::Duration::days(3650);
         let cert = p.self_signed(&key).map_err(rc)?;
+        let public = ForeignPublicKey {
+            raw: key.public_key_raw().to_vec(),
+            alg: &rcgen::PKCS_ECDSA_P256_SHA256,
+        };
         Ok(TestCa {
             issuer: Issuer::new(p, key),
+            name: name.to_owned(),
+            public,
             cert_der: cert.der().to_vec(),
             next_serial: std::sync::atomic::AtomicU64::new(2),
         })
@@ -127,8 +139,59 @@ impl TestCa {
         let san = card_san_der(spec.fascn.as_ref(), spec.uuid)?;
         p.custom_extensions
             .push(CustomExtension::from_oid_content(&[2, 5, 29, 17], san));
+        if !spec.policies.is_empty() {
+            p.custom_extensions.push(policies_ext(&spec.policies)?);
+        }
         let cert = p.signed_by(public_key, &self.issuer).map_err(rc)?;
         Ok((cert.der().to_vec(), serial))
+    }
+
+    /// Cross-certifies `subject` (another CA, e.g. a bridge or a partner's root): a CA certificate for its
+    /// name and key asserting `policies` of this CA's domain, mapped to the subject's domain by
+    /// `mappings` (issuerDomainPolicy, subjectDomainPolicy), as the FBCA does.
+    pub fn cross_certify(
+        &self,
+        subject: &TestCa,
+        policies: &[&str],
+        mappings: &[(&str, &str)],
+    ) -> anyhow::Result<Vec<u8>> {
+        use der::Encode;
+        use x509_cert::ext::pkix::{PolicyMapping, PolicyMappings};
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(&subject.name);
+        p.serial_number = Some(SerialNumber::from(self.serial()));
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.key_identifier_method = KeyIdMethod::Sha256;
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = OffsetDateTime::now_utc() - time::Duration::days(1);
+        p.not_after = OffsetDateTime::now_utc() + time::Duration::days(365);
+        let policies: Vec<String> = policies.iter().map(|s| (*s).to_owned()).collect();
+        p.custom_extensions.push(policies_ext(&policies)?);
+        if !mappings.is_empty() {
+            let oid = |s: &str| {
+                s.parse::<der::asn1::ObjectIdentifier>()
+                    .map_err(|_| anyhow::anyhow!("{s:?} is not an OID"))
+            };
+            let pm = PolicyMappings(
+                mappings
+                    .iter()
+                    .map(|(i, s)| {
+                        Ok(PolicyMapping {
+                            issuer_domain_policy: oid(i)?,
+                            subject_domain_policy: oid(s)?,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            );
+            p.custom_extensions.push(CustomExtension::from_oid_content(
+                &[2, 5, 29, 33],
+                pm.to_der()
+                    .map_err(|e| anyhow::anyhow!("policyMappings: {e}"))?,
+            ));
+        }
+        let cert = p.signed_by(&subject.public, &self.issuer).map_err(rc)?;
+        Ok(cert.der().to_vec())
     }
 
     /// Issues a TLS server certificate for `dns` with a fresh in-memory key. Returns (cert DER, key PKCS#8).
@@ -164,6 +227,27 @@ impl TestCa {
         };
         Ok(p.signed_by(&self.issuer).map_err(rc)?.der().to_vec())
     }
+}
+
+fn policies_ext(policies: &[String]) -> anyhow::Result<CustomExtension> {
+    use der::Encode;
+    use x509_cert::ext::pkix::CertificatePolicies;
+    use x509_cert::ext::pkix::certpolicy::PolicyInformation;
+    let infos = policies
+        .iter()
+        .map(|s| {
+            Ok(PolicyInformation {
+                policy_identifier: s
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{s:?} is not an OID"))?,
+                policy_qualifiers: None,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let der = CertificatePolicies(infos)
+        .to_der()
+        .map_err(|e| anyhow::anyhow!("certificatePolicies: {e}"))?;
+    Ok(CustomExtension::from_oid_content(&[2, 5, 29, 32], der))
 }
 
 fn dn(cn: &str) -> DistinguishedName {

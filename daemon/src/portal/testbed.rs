@@ -10,13 +10,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use base64::Engine as _;
 use qsi_hsm::SoftHsmToken;
 use qsi_labels::Label;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::config::{DataObject, PortalConfig, Service};
 use super::server::{Clock, Portal};
-use super::validate::{CardValidator, WebPkiCardValidator};
+use super::validate::CardValidator;
 use crate::access::testpki::{CardSpec, TestCa};
 use crate::access::{AccessStore, Action, Assignment, AssignmentSigner, Subject};
 use crate::card::Card;
@@ -135,8 +133,10 @@ pub struct TestbedOptions {
     pub revoked: Vec<u64>,
     /// Upstream address of the labelled `cti` service (`SECRET//X`), if any.
     pub cti_upstream: Option<SocketAddr>,
-    /// A validator to use instead of the webpki engine over the root and its CRL.
+    /// A validator to use instead of the PKI validator over the root and its CRL.
     pub validator: Option<Arc<dyn CardValidator>>,
+    /// The site's root CA, when the caller made it (to build a validator around it).
+    pub ca: Option<TestCa>,
 }
 
 fn now() -> i64 {
@@ -167,7 +167,10 @@ impl Testbed {
     /// (cleared TS//X//Y) named by the signed bootstrap.
     pub async fn start(opts: TestbedOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ca = TestCa::new("QSI test root")?;
+        let ca = match opts.ca {
+            Some(ca) => ca,
+            None => TestCa::new("QSI test root")?,
+        };
         let root = write(dir.path(), "root.pem", cert_pem(&ca.cert_der).as_bytes())?;
         let crl = write(dir.path(), "root.crl", &ca.crl(&opts.revoked)?)?;
         let (srv_cert, srv_key) = ca.issue_server(SERVER_NAME)?;
@@ -238,11 +241,12 @@ impl Testbed {
         let validator: Arc<dyn CardValidator> = match opts.validator {
             Some(v) => v,
             None => Arc::new(
-                WebPkiCardValidator::new(
-                    &[CertificateDer::from(ca.cert_der.clone())],
-                    vec![CertificateRevocationListDer::from(std::fs::read(
-                        &config.crls[0],
-                    )?)],
+                super::validate::PkiCardValidator::new(
+                    std::slice::from_ref(&ca.cert_der),
+                    &[],
+                    &[std::fs::read(&config.crls[0])?],
+                    &[],
+                    qsi_pki::validate::RevocationMode::Require,
                 )
                 .map_err(|e| anyhow::anyhow!(e))?,
             ),

@@ -124,3 +124,102 @@ impl CardValidator for WebPkiCardValidator {
         }
     }
 }
+
+/// Path validation by the PKI validator (`qsi_pki::validate`): RFC 5280 with the policy graph, policy
+/// mapping through bridge cross-certificates, name constraints, and CRL revocation of every certificate of
+/// the path. The valid policy set is reported in this site's (the anchor's) policy domain.
+pub struct PkiCardValidator {
+    anchors: Vec<qsi_pki::validate::TrustAnchor>,
+    candidates: Vec<qsi_pki::validate::Cert>,
+    crls: Vec<qsi_pki::revocation::crl::Crl>,
+    options: qsi_pki::validate::ValidationOptions,
+}
+
+impl std::fmt::Debug for PkiCardValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PkiCardValidator")
+            .field("anchors", &self.anchors.len())
+            .field("candidates", &self.candidates.len())
+            .field("crls", &self.crls.len())
+            .finish()
+    }
+}
+
+impl PkiCardValidator {
+    /// A validator from DER anchors, DER candidate certificates (bridge and partner cross-certificates,
+    /// intermediates), DER CRLs, the accepted policies (initial policy set, explicit policy required when
+    /// any is given) and the revocation mode.
+    pub fn new(
+        anchors: &[Vec<u8>],
+        candidates: &[Vec<u8>],
+        crls: &[Vec<u8>],
+        accepted_policies: &[String],
+        revocation: qsi_pki::validate::RevocationMode,
+    ) -> Result<Self, String> {
+        use qsi_pki::validate::{Cert, TrustAnchor, ValidationOptions};
+        let cert = |d: &Vec<u8>| Cert::from_der(d).map_err(|e| format!("certificate: {e}"));
+        let anchors = anchors
+            .iter()
+            .map(|d| cert(d).map(TrustAnchor::from_cert))
+            .collect::<Result<_, _>>()?;
+        let candidates = candidates.iter().map(cert).collect::<Result<_, _>>()?;
+        let crls = crls
+            .iter()
+            .map(|d| qsi_pki::revocation::crl::Crl::from_der(d).map_err(|e| format!("CRL: {e}")))
+            .collect::<Result<_, _>>()?;
+        let initial_policy_set = accepted_policies
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| format!("policy {p:?} is not a dotted OID"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = ValidationOptions {
+            explicit_policy: !initial_policy_set.is_empty(),
+            initial_policy_set,
+            revocation,
+            ..ValidationOptions::default()
+        };
+        Ok(PkiCardValidator {
+            anchors,
+            candidates,
+            crls,
+            options,
+        })
+    }
+}
+
+impl CardValidator for PkiCardValidator {
+    fn validate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ValidatedCard, CardRefusal> {
+        use qsi_pki::validate::{Cert, FailureReason as F, ValidationError, ValidationInput};
+        let target = Cert::from_der(end_entity).map_err(|e| CardRefusal::Invalid(e.to_string()))?;
+        let mut candidates = self.candidates.clone();
+        candidates.extend(intermediates.iter().filter_map(|c| Cert::from_der(c).ok()));
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+        let mut input = ValidationInput::new(&self.anchors, &target, time, &self.options);
+        input.candidates = &candidates;
+        input.crls = &self.crls;
+        match qsi_pki::validate::validate(&input) {
+            Ok(path) => Ok(ValidatedCard {
+                policies: path.valid_policy_set.oids(),
+                anchor: format!("{}", path.anchor.name()),
+            }),
+            Err(ValidationError::NoPath { .. }) => Err(CardRefusal::Untrusted),
+            Err(e @ ValidationError::Invalid { .. }) => {
+                tracing::info!(error = %e, "card path refused");
+                Err(match e.failure().map(|f| &f.reason) {
+                    Some(F::Expired | F::NotYetValid) => CardRefusal::Expired,
+                    Some(F::Revoked(_)) => CardRefusal::Revoked,
+                    Some(F::RevocationUnknown(_)) => CardRefusal::RevocationUnknown,
+                    Some(F::NoValidPolicy) => CardRefusal::PolicyNotAccepted,
+                    _ => CardRefusal::Invalid(e.to_string()),
+                })
+            }
+        }
+    }
+}
