@@ -1,7 +1,9 @@
 //! Subcommands of `qkd-sim`, one module each, plus the parameter options they share.
 
+pub mod bench;
 pub mod rate;
 pub mod run;
+pub mod sweep;
 
 use anyhow::Context as _;
 use qsi_qkd_sim::LinkParams;
