@@ -1,5 +1,7 @@
 //! The `qkd-sim` binary: JSON outputs, statistics files, and errors that name the bad value.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failed setup is a failed test
+
 use std::process::Command;
 
 fn qkd_sim(args: &[&str]) -> (bool, String, String) {

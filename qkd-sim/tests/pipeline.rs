@@ -1,5 +1,7 @@
 //! The Monte Carlo against the analytic model, the eavesdropper, and the keys at the end of the pipeline.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failed setup is a failed test
+
 use qsi_qkd_sim::analytic::{gain, qber};
 use qsi_qkd_sim::{AbortReason, BlockOutcome, BlockStats, Link, LinkParams};
 
