@@ -28,6 +28,9 @@ enum Command {
     Hsm(cli::hsm::Command),
     /// Run two sites on loopback with throw-away credentials and prove the tunnels are post-quantum
     Demo(cli::demo::Args),
+    /// Run the CA: init, issue, cross-certify, revoke, crl, list, serve
+    #[command(subcommand)]
+    Ca(cli::ca::Command),
     /// Benchmark programs (each runs its comparison peer in the same run and prints the ratio)
     #[command(subcommand)]
     Bench(cli::bench::Command),
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tunnel(cmd) => cli::tunnel::run(cmd),
         Command::Hsm(cmd) => cli::hsm::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
+        Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
     }
 }

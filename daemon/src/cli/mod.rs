@@ -5,6 +5,8 @@
 
 pub mod bench;
 pub mod bench_hsm;
+pub mod ca;
+pub mod ca_serve;
 pub mod bench_tunnel;
 pub mod demo;
 pub mod hsm;

@@ -158,12 +158,44 @@ pub fn self_signed_root(
     sign_tbs(&tbs, signer)
 }
 
+/// A certificate checked against its profile and ready to sign (every refusal happens before this
+/// exists, so a caller can check it before spending a serial).
+#[derive(Debug, Clone)]
+pub struct Prepared(Tbs);
+
+impl Prepared {
+    /// The extensions the certificate will carry.
+    pub fn extensions(&self) -> &[Extension] {
+        &self.0.extensions
+    }
+
+    /// Sets the serial number.
+    pub fn set_serial(&mut self, serial: SerialNumber) {
+        self.0.serial_number = serial;
+    }
+
+    /// Signs with the issuer's key.
+    pub fn sign(&self, signer: &dyn CaSigner) -> Result<Certificate, IssueError> {
+        sign_tbs(&self.0, signer)
+    }
+}
+
 /// Issues a certificate from `template` under `issuer` at time `now`.
 pub fn issue(
     issuer: &Issuer<'_>,
     template: &Template,
     now: SystemTime,
 ) -> Result<Certificate, IssueError> {
+    prepare(issuer, template, now)?.sign(issuer.signer)
+}
+
+/// Checks `template` against its profile and the issuing CA at `now` and builds what will be
+/// signed.
+pub fn prepare(
+    issuer: &Issuer<'_>,
+    template: &Template,
+    now: SystemTime,
+) -> Result<Prepared, IssueError> {
     let ca_tbs = issuer.cert.tbs_certificate();
     let ca_nb = ca_tbs.validity().not_before.to_system_time();
     let ca_na = ca_tbs.validity().not_after.to_system_time();
@@ -225,7 +257,7 @@ pub fn issue(
         subject_public_key_info: template.spki.clone(),
         extensions,
     };
-    sign_tbs(&tbs, issuer.signer)
+    Ok(Prepared(tbs))
 }
 
 /// Verifies `cert`'s signature with `issuer_spki` (used by tests and by `qsi ca` before it
