@@ -27,23 +27,27 @@ mkdir -p "$out/tokens"
 printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$out/tokens" > "$out/softhsm2.conf"
 export SOFTHSM2_CONF="$out/softhsm2.conf"
 pin() { od -An -N8 -tx1 /dev/urandom | tr -d ' \n'; }
-export QSI_HSM_PIN=$(pin) QSI_CARD_PIN=$(pin) QSI_BRIDGE_PIN=$(pin)
-softhsm2-util --init-token --free --label qsi-ca --so-pin "$(pin)" --pin "$QSI_HSM_PIN" >/dev/null
-softhsm2-util --init-token --free --label qsi-card --so-pin "$(pin)" --pin "$QSI_CARD_PIN" >/dev/null
-softhsm2-util --init-token --free --label bridge --so-pin "$(pin)" --pin "$QSI_BRIDGE_PIN" >/dev/null
+# PINs go to files only the operator can read; ca.toml points at them (`file:PATH`), never holds them.
+mkdir -p "$out/pins" && chmod 700 "$out/pins"
+for t in qsi-ca qsi-card bridge; do
+  (umask 077; pin > "$out/pins/$t.pin")
+  softhsm2-util --init-token --free --label "$t" --so-pin "$(pin)" --pin "$(cat "$out/pins/$t.pin")" >/dev/null
+done
+export QSI_CARD_PIN=$(cat "$out/pins/qsi-card.pin")
+capin="file:$out/pins/qsi-ca.pin"
 
 # 2. Root CA (P-384, key on the token), then an issuing CA signed by it.
 "$qsi" ca init --dir "$out/root" --name qsi-root --subject "CN=QSI Root CA,OU=PKI,O=QSI,C=US" \
-  --key-alg p384 --token qsi-ca --base-url "$base" --listen "127.0.0.1:$port"
+  --key-alg p384 --token qsi-ca --pin "$capin" --base-url "$base" --listen "127.0.0.1:$port"
 "$qsi" ca init --dir "$out/issuing" --name qsi-issuing --parent "$out/root" \
-  --subject "CN=QSI Issuing CA,OU=PKI,O=QSI,C=US" --key-alg p384 --token qsi-ca --base-url "$base" \
+  --subject "CN=QSI Issuing CA,OU=PKI,O=QSI,C=US" --key-alg p384 --token qsi-ca --pin "$capin" --base-url "$base" \
   --listen "127.0.0.1:$port"
 cp "$out/root/ca.der" "$out/root.der"
 cp "$out/issuing/ca.der" "$out/issuing-ca.der"
 
 # 3. A test bridge (its own self-signed CA) and our cross-certificate to it.
 "$qsi" ca init --dir "$out/bridge" --name test-bridge --subject "CN=Test Bridge CA,OU=Bridge,O=Bridge Org,C=US" \
-  --key-alg p384 --token bridge --pin env:QSI_BRIDGE_PIN --base-url "$base"
+  --key-alg p384 --token bridge --pin "file:$out/pins/bridge.pin" --base-url "$base"
 cat > "$out/cross.toml" <<'TOML'
 # Our PIV Authentication and PIV-I hardware policies are recognised as the bridge's.
 policies = ["2.16.840.1.101.3.2.1.3.13", "2.16.840.1.101.3.2.1.3.18"]
@@ -94,9 +98,9 @@ csr tls-server "/C=US/O=QSI/OU=Devices/CN=site-a.qsi.test"
 
 # 6. The same with ML-DSA-65 (RFC 9881): root, issuing CA, a PIV Authentication certificate.
 "$qsi" ca init --dir "$out/mldsa-root" --name qsi-mldsa-root --subject "CN=QSI ML-DSA Root CA,OU=PKI,O=QSI,C=US" \
-  --key-alg ml-dsa-65 --token qsi-ca --base-url "$base"
+  --key-alg ml-dsa-65 --token qsi-ca --pin "$capin" --base-url "$base"
 "$qsi" ca init --dir "$out/mldsa-issuing" --name qsi-mldsa-issuing --parent "$out/mldsa-root" \
-  --subject "CN=QSI ML-DSA Issuing CA,OU=PKI,O=QSI,C=US" --key-alg ml-dsa-65 --token qsi-ca --base-url "$base"
+  --subject "CN=QSI ML-DSA Issuing CA,OU=PKI,O=QSI,C=US" --key-alg ml-dsa-65 --token qsi-ca --pin "$capin" --base-url "$base"
 "$qsi" ca issue --dir "$out/mldsa-issuing" --profile piv-auth --generate-key ml-dsa-65 --key-token qsi-card \
   --subject "CN=Alice Example,OU=People,O=QSI,C=US" --fascn "$fascn" --uuid "$uuid" --out "$out/ml-dsa-65-piv-auth.der"
 cp "$out/mldsa-root/ca.der" "$out/ml-dsa-65-root.der"
