@@ -26,9 +26,9 @@ use x509_cert::Certificate;
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a CA: a self-signed root, or (with --parent) an issuing CA signed by another CA
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Issue a certificate under a profile from a PKCS#10 request or a key generated on a token
-    Issue(IssueArgs),
+    Issue(Box<IssueArgs>),
     /// Cross-certify another CA (a bridge): mappings and constraints from a TOML file
     CrossCertify(CrossArgs),
     /// Revoke a certificate this CA issued
@@ -236,8 +236,11 @@ pub struct CaConfig {
 fn module_path(m: &Option<PathBuf>) -> Result<PathBuf> {
     match m {
         Some(p) => Ok(p.clone()),
-        None => qsi_hsm::pkcs11::default_module_path()
-            .map_err(|e| anyhow!("no PKCS#11 module given and none found ({e}); pass --module /path/to/module.so")),
+        None => qsi_hsm::pkcs11::default_module_path().map_err(|e| {
+            anyhow!(
+                "no PKCS#11 module given and none found ({e}); pass --module /path/to/module.so"
+            )
+        }),
     }
 }
 
@@ -256,8 +259,12 @@ fn open_store(module: &Path, token: &str, pin: &str) -> Result<Arc<dyn KeyStore>
 
 fn read_config(dir: &Path) -> Result<CaConfig> {
     let path = dir.join("ca.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}: is this a CA directory made by `qsi ca init`?", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {}: is this a CA directory made by `qsi ca init`?",
+            path.display()
+        )
+    })?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -275,8 +282,13 @@ fn read_cert(path: &Path) -> Result<Certificate> {
 pub fn open_authority(dir: &Path) -> Result<Authority> {
     let cfg = read_config(dir)?;
     let store = open_store(&cfg.module, &cfg.token, &cfg.pin)?;
-    let signer = HsmSigner::find(store, &cfg.key)
-        .map_err(|e| anyhow!("CA key {:?} not found in token {:?}: {e}", cfg.key, cfg.token))?;
+    let signer = HsmSigner::find(store, &cfg.key).map_err(|e| {
+        anyhow!(
+            "CA key {:?} not found in token {:?}: {e}",
+            cfg.key,
+            cfg.token
+        )
+    })?;
     let cert = read_cert(&dir.join("ca.der"))?;
     let mut issued_to = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir.join("issued-to")) {
@@ -307,7 +319,7 @@ pub fn open_authority(dir: &Path) -> Result<Authority> {
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum AdminRequest {
     /// Issue.
-    Issue(IssueRequest),
+    Issue(Box<IssueRequest>),
     /// Revoke.
     Revoke {
         /// Serial hex.
@@ -339,7 +351,9 @@ pub fn handle(ca: &Authority, req: AdminRequest, now: SystemTime) -> AdminRespon
     let mut out = AdminResponse::default();
     let res: Result<(), String> = (|| {
         match req {
-            AdminRequest::Issue(r) => out.record = Some(ca.issue(&r, now).map_err(|e| e.to_string())?),
+            AdminRequest::Issue(r) => {
+                out.record = Some(ca.issue(&r, now).map_err(|e| e.to_string())?)
+            }
             AdminRequest::Revoke { serial, reason } => {
                 ca.revoke(&serial, reason, now).map_err(|e| e.to_string())?;
             }
@@ -398,13 +412,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn sig_alg(name: &str) -> Result<SigAlg> {
-    SigAlg::from_name(name)
-        .ok_or_else(|| anyhow!("unknown key algorithm {name:?}: use p256, p384, rsa3072, ml-dsa-65 or ml-dsa-87"))
+    SigAlg::from_name(name).ok_or_else(|| {
+        anyhow!("unknown key algorithm {name:?}: use p256, p384, rsa3072, ml-dsa-65 or ml-dsa-87")
+    })
 }
 
 fn init(a: InitArgs) -> Result<()> {
     if a.dir.join("ca.toml").exists() {
-        bail!("{} already holds a CA; choose another --dir", a.dir.display());
+        bail!(
+            "{} already holds a CA; choose another --dir",
+            a.dir.display()
+        );
     }
     let module = module_path(&a.token.module)?;
     let alg = sig_alg(&a.key_alg)?;
@@ -461,13 +479,21 @@ fn init(a: InitArgs) -> Result<()> {
                 subject_ca_name: Some(a.name.clone()),
                 ..Default::default()
             };
-            let resp = dispatch(parent, AdminRequest::Issue(req))?;
-            let rec = resp.record.ok_or_else(|| anyhow!("the parent CA returned no certificate"))?;
+            let resp = dispatch(parent, AdminRequest::Issue(Box::new(req)))?;
+            let rec = resp
+                .record
+                .ok_or_else(|| anyhow!("the parent CA returned no certificate"))?;
             let parent_cfg = read_config(parent)?;
-            issued_to.push((format!("{}.der", parent_cfg.name), std::fs::read(parent.join("ca.der"))?));
+            issued_to.push((
+                format!("{}.der", parent_cfg.name),
+                std::fs::read(parent.join("ca.der"))?,
+            ));
             if let Ok(rd) = std::fs::read_dir(parent.join("issued-to")) {
                 for e in rd.flatten() {
-                    issued_to.push((e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path())?));
+                    issued_to.push((
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path())?,
+                    ));
                 }
             }
             rec.der().map_err(|e| anyhow!("{e}"))?
@@ -488,10 +514,19 @@ fn init(a: InitArgs) -> Result<()> {
         listen: a.listen.clone(),
     };
     let db = CaDb::open(&a.dir.join("ca.redb")).map_err(|e| anyhow!("{e}"))?;
-    db.audit(now, "init", &format!("name={} key={} alg={:?}", a.name, signer.uri(), alg))
-        .map_err(|e| anyhow!("{e}"))?;
+    db.audit(
+        now,
+        "init",
+        &format!("name={} key={} alg={:?}", a.name, signer.uri(), alg),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     write_atomic(&a.dir.join("ca.toml"), toml::to_string(&cfg)?.as_bytes())?;
-    println!("CA {} created in {} (key {})", a.name, a.dir.display(), signer.uri());
+    println!(
+        "CA {} created in {} (key {})",
+        a.name,
+        a.dir.display(),
+        signer.uri()
+    );
     Ok(())
 }
 
@@ -500,7 +535,10 @@ fn parse_ids(a: &IssueArgs) -> Result<SubjectIds> {
         fascn: a
             .fascn
             .as_deref()
-            .map(|f| f.parse::<Fascn>().map_err(|e| anyhow!("--fascn {f:?}: {e}")))
+            .map(|f| {
+                f.parse::<Fascn>()
+                    .map_err(|e| anyhow!("--fascn {f:?}: {e}"))
+            })
             .transpose()?,
         uuid: a
             .uuid
@@ -536,10 +574,9 @@ fn issue_cmd(a: IssueArgs) -> Result<()> {
             req.csr_hex = Some(hex::encode(der));
         }
         (None, Some(alg)) => {
-            let token = a
-                .key_token
-                .as_deref()
-                .ok_or_else(|| anyhow!("--generate-key needs --key-token (the card token that gets the key)"))?;
+            let token = a.key_token.as_deref().ok_or_else(|| {
+                anyhow!("--generate-key needs --key-token (the card token that gets the key)")
+            })?;
             let cfg = read_config(&a.dir)?;
             let store = open_store(&cfg.module, token, &a.key_pin)?;
             let label = format!(
@@ -555,42 +592,72 @@ fn issue_cmd(a: IssueArgs) -> Result<()> {
         }
         _ => bail!("give --csr FILE or --generate-key ALG --key-token LABEL"),
     }
-    let resp = dispatch(&a.dir, AdminRequest::Issue(req))?;
-    let rec = resp.record.ok_or_else(|| anyhow!("no certificate returned"))?;
+    let resp = dispatch(&a.dir, AdminRequest::Issue(Box::new(req)))?;
+    let rec = resp
+        .record
+        .ok_or_else(|| anyhow!("no certificate returned"))?;
     write_atomic(&a.out, &rec.der().map_err(|e| anyhow!("{e}"))?)?;
-    println!("issued {} serial {} -> {}", rec.profile, rec.serial, a.out.display());
+    println!(
+        "issued {} serial {} -> {}",
+        rec.profile,
+        rec.serial,
+        a.out.display()
+    );
     Ok(())
 }
 
 fn cross_cmd(a: CrossArgs) -> Result<()> {
     let other = read_cert(&a.subject_cert)?;
     // The other CA proves possession of its key by its self-signature.
-    verify_cert_signature(&other, other.tbs_certificate().subject_public_key_info())
-        .map_err(|e| anyhow!("{} is not a valid self-signed CA certificate: {e}", a.subject_cert.display()))?;
+    verify_cert_signature(&other, other.tbs_certificate().subject_public_key_info()).map_err(
+        |e| {
+            anyhow!(
+                "{} is not a valid self-signed CA certificate: {e}",
+                a.subject_cert.display()
+            )
+        },
+    )?;
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("reading {}", a.config.display()))?;
     let cross: CrossParamsFile =
         toml::from_str(&text).with_context(|| format!("parsing {}", a.config.display()))?;
-    cross.validate().map_err(|e| anyhow!("{}: {e}", a.config.display()))?;
+    cross
+        .validate()
+        .map_err(|e| anyhow!("{}: {e}", a.config.display()))?;
     let req = IssueRequest {
         profile: "cross-certificate".into(),
-        spki_hex: Some(hex::encode(other.tbs_certificate().subject_public_key_info().to_der()?)),
+        spki_hex: Some(hex::encode(
+            other.tbs_certificate().subject_public_key_info().to_der()?,
+        )),
         subject: Some(other.tbs_certificate().subject().to_string()),
         days: a.days,
         cross: Some(cross),
         ..Default::default()
     };
-    let resp = dispatch(&a.dir, AdminRequest::Issue(req))?;
-    let rec = resp.record.ok_or_else(|| anyhow!("no certificate returned"))?;
+    let resp = dispatch(&a.dir, AdminRequest::Issue(Box::new(req)))?;
+    let rec = resp
+        .record
+        .ok_or_else(|| anyhow!("no certificate returned"))?;
     write_atomic(&a.out, &rec.der().map_err(|e| anyhow!("{e}"))?)?;
-    println!("cross-certified {} serial {} -> {}", rec.subject, rec.serial, a.out.display());
+    println!(
+        "cross-certified {} serial {} -> {}",
+        rec.subject,
+        rec.serial,
+        a.out.display()
+    );
     Ok(())
 }
 
 fn revoke_cmd(a: RevokeArgs) -> Result<()> {
     let reason = qsi_pki::ca::crl::reason_code(&a.reason)
         .ok_or_else(|| anyhow!("unknown reason {:?}", a.reason))?;
-    dispatch(&a.dir, AdminRequest::Revoke { serial: a.serial.clone(), reason })?;
+    dispatch(
+        &a.dir,
+        AdminRequest::Revoke {
+            serial: a.serial.clone(),
+            reason,
+        },
+    )?;
     println!("revoked {} ({})", a.serial, a.reason);
     Ok(())
 }
@@ -618,7 +685,10 @@ fn list_cmd(a: ListArgs) -> Result<()> {
                 Some(code) => format!("revoked({code})"),
                 None => "good".into(),
             };
-            println!("{}  {:<24} {:<12} {}", r.serial, r.profile, state, r.subject);
+            println!(
+                "{}  {:<24} {:<12} {}",
+                r.serial, r.profile, state, r.subject
+            );
         }
     }
     Ok(())
@@ -627,8 +697,8 @@ fn list_cmd(a: ListArgs) -> Result<()> {
 /// Runs a `qsi ca` command.
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Init(a) => init(a),
-        Command::Issue(a) => issue_cmd(a),
+        Command::Init(a) => init(*a),
+        Command::Issue(a) => issue_cmd(*a),
         Command::CrossCertify(a) => cross_cmd(a),
         Command::Revoke(a) => revoke_cmd(a),
         Command::Crl(a) => crl_cmd(a),

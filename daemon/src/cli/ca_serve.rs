@@ -30,7 +30,9 @@ fn der_response(content_type: &'static str, body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, StatusCode> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StatusCode> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
@@ -88,7 +90,10 @@ async fn p7c_get(State(s): State<Arc<Shared>>, UrlPath(file): UrlPath<String>) -
 fn refresh_crl(s: &Shared, dir: &std::path::Path) -> Result<()> {
     let crl = s.ca.crl(SystemTime::now()).map_err(|e| anyhow!("{e}"))?;
     std::fs::create_dir_all(dir.join("published"))?;
-    std::fs::write(dir.join("published").join(format!("{}.crl", s.ca.name)), &crl)?;
+    std::fs::write(
+        dir.join("published").join(format!("{}.crl", s.ca.name)),
+        &crl,
+    )?;
     if let Ok(mut c) = s.crl.write() {
         *c = crl;
     }
@@ -98,7 +103,10 @@ fn refresh_crl(s: &Shared, dir: &std::path::Path) -> Result<()> {
 async fn admin_conn(s: Arc<Shared>, stream: tokio::net::UnixStream, owner: u32) -> Result<()> {
     let cred = stream.peer_cred()?;
     if cred.uid() != owner && cred.uid() != 0 {
-        tracing::warn!(uid = cred.uid(), "admin socket: refused a peer of another user");
+        tracing::warn!(
+            uid = cred.uid(),
+            "admin socket: refused a peer of another user"
+        );
         return Ok(());
     }
     let (r, mut w) = stream.into_split();
@@ -133,15 +141,21 @@ async fn admin_conn(s: Arc<Shared>, stream: tokio::net::UnixStream, owner: u32) 
 
 /// Runs the service until interrupted.
 pub fn run(dir: PathBuf, listen: Option<String>, crl_validity_secs: u64) -> Result<()> {
-    let dir = std::fs::canonicalize(&dir).with_context(|| format!("{} does not exist", dir.display()))?;
+    let dir =
+        std::fs::canonicalize(&dir).with_context(|| format!("{} does not exist", dir.display()))?;
     let sock = dir.join("admin.sock");
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-        return Err(anyhow!("a CA service already runs for {} (admin socket answers)", dir.display()));
+        return Err(anyhow!(
+            "a CA service already runs for {} (admin socket answers)",
+            dir.display()
+        ));
     }
     let _ = std::fs::remove_file(&sock);
     let mut ca = open_authority(&dir)?;
     ca.crl_validity = Duration::from_secs(crl_validity_secs.max(2));
-    let cfg_listen = toml::from_str::<super::ca::CaConfig>(&std::fs::read_to_string(dir.join("ca.toml"))?)?.listen;
+    let cfg_listen =
+        toml::from_str::<super::ca::CaConfig>(&std::fs::read_to_string(dir.join("ca.toml"))?)?
+            .listen;
     let listen = listen.unwrap_or(cfg_listen);
     let shared = Arc::new(Shared {
         ca,
@@ -159,10 +173,16 @@ pub fn run(dir: PathBuf, listen: Option<String>, crl_validity_secs: u64) -> Resu
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .with_context(|| format!("binding {listen}: is another service on it? pass --listen"))?;
+            .with_context(|| {
+                format!("binding {listen}: is another service on it? pass --listen")
+            })?;
         let admin = tokio::net::UnixListener::bind(&sock)
             .with_context(|| format!("binding the admin socket {}", sock.display()))?;
-        println!("CA {} serving on http://{listen} (admin socket {})", shared.ca.name, sock.display());
+        println!(
+            "CA {} serving on http://{listen} (admin socket {})",
+            shared.ca.name,
+            sock.display()
+        );
         let refresher = {
             let s = shared.clone();
             let dir = dir.clone();
@@ -174,7 +194,9 @@ pub fn run(dir: PathBuf, listen: Option<String>, crl_validity_secs: u64) -> Resu
                     let d = dir.clone();
                     match blocking(move || refresh_crl(&s2, &d)).await {
                         Ok(Ok(())) => tracing::info!("CRL re-issued"),
-                        _ => tracing::error!("CRL re-issue failed; relying parties will see the old one"),
+                        _ => tracing::error!(
+                            "CRL re-issue failed; relying parties will see the old one"
+                        ),
                     }
                 }
             })

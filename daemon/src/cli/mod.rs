@@ -5,9 +5,9 @@
 
 pub mod bench;
 pub mod bench_hsm;
+pub mod bench_tunnel;
 pub mod ca;
 pub mod ca_serve;
-pub mod bench_tunnel;
 pub mod demo;
 pub mod hsm;
 pub mod tunnel;

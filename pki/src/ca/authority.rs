@@ -105,7 +105,9 @@ pub struct Authority {
 
 impl core::fmt::Debug for Authority {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Authority").field("name", &self.name).finish()
+        f.debug_struct("Authority")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -166,7 +168,12 @@ impl Authority {
         let (mut subject, spki, mut ids, csr) = match (&req.csr_hex, &req.spki_hex) {
             (Some(csr_hex), None) => {
                 let csr = parse_and_verify(&unhex("csr_hex", csr_hex)?)?;
-                (csr.subject.clone(), csr.spki.clone(), req.ids.clone(), Some(csr))
+                (
+                    csr.subject.clone(),
+                    csr.spki.clone(),
+                    req.ids.clone(),
+                    Some(csr),
+                )
             }
             (None, Some(spki_hex)) => {
                 let spki = spki::SubjectPublicKeyInfoOwned::from_der(&unhex("spki_hex", spki_hex)?)
@@ -185,13 +192,17 @@ impl Authority {
                 .map_err(|e| CaError::Invalid(format!("subject {s:?}: {e}")))?;
         }
         if subject.to_string().is_empty() {
-            return Err(CaError::Invalid("the certificate needs a subject DN".into()));
+            return Err(CaError::Invalid(
+                "the certificate needs a subject DN".into(),
+            ));
         }
         if let Some(csr) = &csr {
             let (dns, ips) = csr.requested_names();
             if matches!(profile, Profile::TlsServer | Profile::TlsClient) {
-                ids.dns.extend(dns.into_iter().filter(|d| !req.ids.dns.contains(d)));
-                ids.ips.extend(ips.into_iter().filter(|i| !req.ids.ips.contains(i)));
+                ids.dns
+                    .extend(dns.into_iter().filter(|d| !req.ids.dns.contains(d)));
+                ids.ips
+                    .extend(ips.into_iter().filter(|i| !req.ids.ips.contains(i)));
             }
         }
         let cross = req.cross.as_ref().map(|c| c.validate()).transpose()?;
@@ -243,8 +254,15 @@ impl Authority {
     }
 
     /// Revokes a serial (hex) this CA issued.
-    pub fn revoke(&self, serial: &str, reason: u32, now: SystemTime) -> Result<Revocation, CaError> {
-        Ok(self.db.revoke(serial.trim_start_matches("0x"), reason, now)?)
+    pub fn revoke(
+        &self,
+        serial: &str,
+        reason: u32,
+        now: SystemTime,
+    ) -> Result<Revocation, CaError> {
+        Ok(self
+            .db
+            .revoke(serial.trim_start_matches("0x"), reason, now)?)
     }
 
     /// Signs a fresh CRL (DER) valid for [`Authority::crl_validity`].

@@ -48,10 +48,7 @@ pub fn reason_code(name: &str) -> Option<u32> {
     })
 }
 
-fn ext<T: Encode>(
-    oid: const_oid::ObjectIdentifier,
-    v: &T,
-) -> Result<Extension, IssueError> {
+fn ext<T: Encode>(oid: const_oid::ObjectIdentifier, v: &T) -> Result<Extension, IssueError> {
     Ok(Extension {
         extn_id: oid,
         critical: false,

@@ -109,7 +109,8 @@ pub struct AuditRecord {
 }
 
 fn audit_hash(prev: &str, seq: u64, time: u64, op: &str, detail: &str) -> String {
-    let body = serde_json::json!({"seq": seq, "time": time, "op": op, "detail": detail, "prev": prev});
+    let body =
+        serde_json::json!({"seq": seq, "time": time, "op": op, "detail": detail, "prev": prev});
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(prev.as_bytes());
     ctx.update(body.to_string().as_bytes());
@@ -118,7 +119,9 @@ fn audit_hash(prev: &str, seq: u64, time: u64, op: &str, detail: &str) -> String
 
 /// Seconds since the epoch (0 before it).
 pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The CA database.
@@ -488,7 +491,10 @@ mod tests {
         let db = CaDb::open(&path).unwrap();
         assert_eq!(db.orphan_serials().unwrap(), vec![first.clone()]);
         for _ in 0..200 {
-            assert_ne!(hex::encode(db.reserve_serial(SystemTime::now()).unwrap()), first);
+            assert_ne!(
+                hex::encode(db.reserve_serial(SystemTime::now()).unwrap()),
+                first
+            );
         }
     }
 

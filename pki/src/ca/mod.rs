@@ -3,9 +3,9 @@
 
 pub mod authority;
 pub mod crl;
-pub mod hsm_signer;
 pub mod csr;
 pub mod db;
+pub mod hsm_signer;
 pub mod issue;
 pub mod ocsp;
 pub mod p7c;

@@ -57,7 +57,11 @@ pub struct Request {
 #[derive(Clone, Debug, Eq, PartialEq, Sequence)]
 pub struct TbsRequest {
     /// Version, v1 (0).
-    #[asn1(context_specific = "0", default = "Default::default", tag_mode = "EXPLICIT")]
+    #[asn1(
+        context_specific = "0",
+        default = "Default::default",
+        tag_mode = "EXPLICIT"
+    )]
     pub version: u8,
     /// Requestor name.
     #[asn1(context_specific = "1", optional = "true", tag_mode = "EXPLICIT")]
@@ -172,7 +176,11 @@ pub struct SingleResponse {
 #[derive(Clone, Debug, Eq, PartialEq, Sequence)]
 pub struct ResponseData {
     /// v1 (0), DEFAULT.
-    #[asn1(context_specific = "0", default = "Default::default", tag_mode = "EXPLICIT")]
+    #[asn1(
+        context_specific = "0",
+        default = "Default::default",
+        tag_mode = "EXPLICIT"
+    )]
     pub version: u8,
     /// Who signs.
     pub responder_id: ResponderId,
@@ -247,7 +255,11 @@ impl Responder {
     /// A responder for the CA certificate `ca`.
     pub fn new(ca: &Certificate) -> Result<Self, OcspError> {
         let tbs = ca.tbs_certificate();
-        let key_bits = tbs.subject_public_key_info().subject_public_key.raw_bytes().to_vec();
+        let key_bits = tbs
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
         Ok(Responder {
             ca_name_der: tbs.subject().to_der()?,
             key_hash_sha1: digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &key_bits),
@@ -328,11 +340,15 @@ impl Responder {
                 single_extensions: None,
             });
         }
-        let nonce = req.tbs_request.request_extensions.as_ref().and_then(|exts| {
-            exts.iter()
-                .find(|e| e.extn_id == ID_PKIX_OCSP_NONCE)
-                .cloned()
-        });
+        let nonce = req
+            .tbs_request
+            .request_extensions
+            .as_ref()
+            .and_then(|exts| {
+                exts.iter()
+                    .find(|e| e.extn_id == ID_PKIX_OCSP_NONCE)
+                    .cloned()
+            });
         let data = ResponseData {
             version: 0,
             responder_id: ResponderId::ByKey(OctetString::new(self.key_hash_sha1.clone())?),
