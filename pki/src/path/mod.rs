@@ -4,6 +4,7 @@
 //! loops (the same subject and key twice in one path), and asking a [`BundleFetcher`] for the .p7c bundles
 //! that AIA caIssuers and SIA caRepository name when the candidates run out.
 
+pub mod bridge_fixture;
 pub mod bundle;
 pub mod fetch;
 

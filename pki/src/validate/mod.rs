@@ -398,3 +398,78 @@ pub enum ChainError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
 }
+
+/// The [`CertificateValidator`] the daemon and the login portal configure once: anchors, known
+/// intermediates and cross-certificates, relying-party options, and a revocation source (the runtime CRL
+/// cache and/or fixed CRLs), plus an optional bundle fetcher for AIA/SIA.
+pub struct ConfiguredValidator {
+    /// Trust anchors.
+    pub anchors: Vec<TrustAnchor>,
+    /// Known untrusted certificates (bridge cross-certificates, intermediates).
+    pub intermediates: Vec<Cert>,
+    /// Relying-party options.
+    pub options: ValidationOptions,
+    /// Fixed CRLs (in addition to the cache).
+    pub crls: Vec<Crl>,
+    /// Runtime CRL cache: CRLs of the path's distribution points are fetched through it.
+    pub crl_cache: Option<std::sync::Arc<crate::revocation::CrlCache>>,
+    /// Fetcher for AIA caIssuers / SIA caRepository bundles.
+    pub fetcher: Option<std::sync::Arc<dyn BundleFetcher>>,
+}
+
+impl fmt::Debug for ConfiguredValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfiguredValidator")
+            .field("anchors", &self.anchors.len())
+            .field("intermediates", &self.intermediates.len())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl ConfiguredValidator {
+    /// A validator with these anchors and options, nothing else.
+    pub fn new(anchors: Vec<TrustAnchor>, options: ValidationOptions) -> Self {
+        ConfiguredValidator {
+            anchors,
+            intermediates: Vec::new(),
+            options,
+            crls: Vec::new(),
+            crl_cache: None,
+            fetcher: None,
+        }
+    }
+}
+
+impl CertificateValidator for ConfiguredValidator {
+    fn validate_chain(
+        &self,
+        chain: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<ValidatedPath, ChainError> {
+        let mut parsed = Vec::with_capacity(chain.len());
+        for (index, der) in chain.iter().enumerate() {
+            parsed.push(Cert::from_der(der).map_err(|err| ChainError::Parse { index, err })?);
+        }
+        let (target, presented) = parsed.split_first().ok_or(ChainError::Empty)?;
+        let mut candidates: Vec<Cert> = presented.to_vec();
+        candidates.extend(self.intermediates.iter().cloned());
+        let mut crls = self.crls.clone();
+        if let Some(cache) = &self.crl_cache {
+            let mut wanted = candidates.clone();
+            wanted.push(target.clone());
+            crls.extend(cache.crls_for(&wanted, now));
+        }
+        let mut options = self.options.clone();
+        if let Some(cache) = &self.crl_cache {
+            options.crl_grace_secs = options
+                .crl_grace_secs
+                .max(cache.stale_policy().grace_secs());
+        }
+        let mut input = ValidationInput::new(&self.anchors, target, now, &options);
+        input.candidates = &candidates;
+        input.crls = &crls;
+        input.fetcher = self.fetcher.as_deref();
+        Ok(validate(&input)?)
+    }
+}
