@@ -5,6 +5,8 @@
 //! end entity, AIA caIssuers .p7c fetched over real HTTP, and the runtime CRL cache over real HTTP
 //! with its stale policies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
