@@ -400,7 +400,8 @@ fn the_seam_validates_a_presented_chain() {
         PolicySet::Set([B_POLICY.to_string()].into())
     );
     assert!(
-        v.validate_chain(std::slice::from_ref(&f.ee), t2026()).is_err(),
+        v.validate_chain(std::slice::from_ref(&f.ee), t2026())
+            .is_err(),
         "without A's CA there is no path"
     );
     assert!(matches!(

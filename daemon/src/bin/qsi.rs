@@ -34,6 +34,9 @@ enum Command {
     /// Benchmark programs (each runs its comparison peer in the same run and prints the ratio)
     #[command(subcommand)]
     Bench(cli::bench::Command),
+    /// Validate certificate paths (RFC 5280, policies, bridges, CRLs, OCSP)
+    #[command(subcommand)]
+    Pki(cli::pki::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => cli::demo::run(args),
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Pki(cmd) => cli::pki::run(cmd),
     }
 }

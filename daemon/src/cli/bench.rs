@@ -11,6 +11,8 @@ pub enum Command {
     Tunnel(super::bench_tunnel::Args),
     /// Signatures/s for P-256, P-384 and ML-DSA-65 through SoftHSM2 beside aws-lc-rs directly, with the ratio
     Hsm(super::bench_hsm::Args),
+    /// Chains validated per second on a 4-certificate bridge path with CRLs, beside `openssl verify`
+    Pki(super::bench_pki::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -18,5 +20,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Tunnel(args) => super::bench_tunnel::run(args),
         Command::Hsm(args) => super::bench_hsm::run(args),
+        Command::Pki(args) => super::bench_pki::run(args),
     }
 }

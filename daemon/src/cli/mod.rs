@@ -5,11 +5,13 @@
 
 pub mod bench;
 pub mod bench_hsm;
+pub mod bench_pki;
 pub mod bench_tunnel;
 pub mod ca;
 pub mod ca_serve;
 pub mod demo;
 pub mod hsm;
+pub mod pki;
 pub mod tunnel;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`), so stdout stays clean for `--json` output.
