@@ -141,10 +141,11 @@ pub fn verify(
                 return Err(mismatch());
             }
             let a: &'static sig::RsaParameters = match algorithm.oid {
-                alg::RSA_SHA1 => &sig::RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
-                alg::RSA_SHA256 => &sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+                // RSA keys below 2048 bits are refused (NIST SP 800-131A); SHA-1 only for old CAs.
+                alg::RSA_SHA1 => &sig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                alg::RSA_SHA256 => &sig::RSA_PKCS1_2048_8192_SHA256,
                 alg::RSA_SHA384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                _ => &sig::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
+                _ => &sig::RSA_PKCS1_2048_8192_SHA512,
             };
             verify_with(a)
         }
