@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use qsi_pki::validate::{
     Cert, FailureReason, RevocationMode, TrustAnchor, ValidationInput, ValidationOptions, validate,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SignatureAlgorithm};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SignatureAlgorithm,
+};
 
 fn params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
@@ -38,9 +40,11 @@ fn check(ca: &[u8], ee: &[u8]) -> Result<(), FailureReason> {
         ..ValidationOptions::default()
     };
     let input = ValidationInput::new(&anchors, &ee, SystemTime::now(), &opts);
-    validate(&input)
-        .map(|_| ())
-        .map_err(|e| e.failure().map(|f| f.reason.clone()).unwrap_or(FailureReason::NameChaining))
+    validate(&input).map(|_| ()).map_err(|e| {
+        e.failure()
+            .map(|f| f.reason.clone())
+            .unwrap_or(FailureReason::NameChaining)
+    })
 }
 
 fn tamper(der: &[u8]) -> Vec<u8> {
@@ -69,7 +73,9 @@ fn each_algorithm_validates_and_a_bad_signature_fails() {
         let ca = ca_p.self_signed(&ca_key).unwrap();
         let issuer = Issuer::from_params(&ca_p, &ca_key);
         let ee_key = key(alg);
-        let ee = params(&format!("{name} EE")).signed_by(&ee_key, &issuer).unwrap();
+        let ee = params(&format!("{name} EE"))
+            .signed_by(&ee_key, &issuer)
+            .unwrap();
         check(ca.der(), ee.der()).unwrap_or_else(|r| panic!("{name}: {r}"));
         let bad = tamper(ee.der());
         match check(ca.der(), &bad) {
@@ -88,24 +94,88 @@ fn rsa_pss_from_openssl_validates() {
             .args(args)
             .output()
             .expect("openssl is required for this test (apt-get install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    let pss = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32", "-sha256"];
-    let mut a = vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=PSS CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"];
+    let pss = [
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:32",
+        "-sha256",
+    ];
+    let mut a = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=PSS CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ];
     a.extend(pss);
     run(&a);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "ee.key", "-out", "ee.csr", "-subj", "/CN=PSS EE"]);
-    let mut b = vec!["x509", "-req", "-in", "ee.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "7", "-days", "30", "-outform", "DER", "-out", "ee.der"];
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ee.key",
+        "-out",
+        "ee.csr",
+        "-subj",
+        "/CN=PSS EE",
+    ]);
+    let mut b = vec![
+        "x509",
+        "-req",
+        "-in",
+        "ee.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "7",
+        "-days",
+        "30",
+        "-outform",
+        "DER",
+        "-out",
+        "ee.der",
+    ];
     b.extend(pss);
     run(&b);
     run(&["x509", "-in", "ca.pem", "-outform", "DER", "-out", "ca.der"]);
     let ca = std::fs::read(dir.path().join("ca.der")).unwrap();
     let ee = std::fs::read(dir.path().join("ee.der")).unwrap();
     assert_eq!(
-        Cert::from_der(&ee).unwrap().x509().signature_algorithm().oid.to_string(),
+        Cert::from_der(&ee)
+            .unwrap()
+            .x509()
+            .signature_algorithm()
+            .oid
+            .to_string(),
         "1.2.840.113549.1.1.10",
         "OpenSSL made an RSASSA-PSS signature"
     );
     check(&ca, &ee).unwrap();
-    assert!(matches!(check(&ca, &tamper(&ee)), Err(FailureReason::Signature(_))));
+    assert!(matches!(
+        check(&ca, &tamper(&ee)),
+        Err(FailureReason::Signature(_))
+    ));
 }

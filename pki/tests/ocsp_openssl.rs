@@ -11,7 +11,8 @@ use std::time::SystemTime;
 
 use qsi_pki::revocation::OcspResponse;
 use qsi_pki::validate::{
-    Cert, FailureReason, RevocationStatus, TrustAnchor, ValidationInput, ValidationOptions, validate,
+    Cert, FailureReason, RevocationStatus, TrustAnchor, ValidationInput, ValidationOptions,
+    validate,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -39,7 +40,11 @@ fn openssl(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("openssl is required for this test (apt-get install openssl)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// CA, EE, a delegated responder and a rogue responder, written as PEM files into `dir`.
@@ -51,14 +56,18 @@ fn make(dir: &Path) -> Pki {
     let ca = ca_p.self_signed(&ca_key).unwrap();
     let issuer = Issuer::from_params(&ca_p, &ca_key);
     let ee_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let ee = params("OCSP Test EE", 0x21).signed_by(&ee_key, &issuer).unwrap();
+    let ee = params("OCSP Test EE", 0x21)
+        .signed_by(&ee_key, &issuer)
+        .unwrap();
     let resp_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut resp_p = params("OCSP Responder", 3);
     resp_p.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
     resp_p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let responder = resp_p.signed_by(&resp_key, &issuer).unwrap();
     let rogue_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let rogue = params("Rogue Responder", 4).self_signed(&rogue_key).unwrap();
+    let rogue = params("Rogue Responder", 4)
+        .self_signed(&rogue_key)
+        .unwrap();
     for (name, pem) in [
         ("ca.pem", ca.pem()),
         ("ca.key", ca_key.serialize_pem()),
@@ -84,18 +93,46 @@ fn response(dir: &Path, revoked: bool, signer: &str) -> Vec<u8> {
         "V\t350101000000Z\t\t21\tunknown\t/CN=OCSP Test EE\n"
     };
     std::fs::write(dir.join("index.txt"), line).unwrap();
-    openssl(dir, &["ocsp", "-issuer", "ca.pem", "-cert", "ee.pem", "-no_nonce", "-reqout", "req.der"]);
     openssl(
         dir,
         &[
-            "ocsp", "-index", "index.txt", "-CA", "ca.pem", "-rsigner", &format!("{signer}.pem"), "-rkey",
-            &format!("{signer}.key"), "-reqin", "req.der", "-respout", "resp.der", "-ndays", "1",
+            "ocsp",
+            "-issuer",
+            "ca.pem",
+            "-cert",
+            "ee.pem",
+            "-no_nonce",
+            "-reqout",
+            "req.der",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-CA",
+            "ca.pem",
+            "-rsigner",
+            &format!("{signer}.pem"),
+            "-rkey",
+            &format!("{signer}.key"),
+            "-reqin",
+            "req.der",
+            "-respout",
+            "resp.der",
+            "-ndays",
+            "1",
         ],
     );
     std::fs::read(dir.join("resp.der")).unwrap()
 }
 
-fn check(pki: &Pki, resp: &[u8]) -> Result<qsi_pki::validate::ValidatedPath, qsi_pki::validate::ValidationError> {
+fn check(
+    pki: &Pki,
+    resp: &[u8],
+) -> Result<qsi_pki::validate::ValidatedPath, qsi_pki::validate::ValidationError> {
     let anchors = [TrustAnchor::from_cert(Cert::from_der(&pki.ca).unwrap())];
     let ee = Cert::from_der(&pki.ee).unwrap();
     let ocsp = [OcspResponse::from_der(resp).unwrap()];
@@ -121,11 +158,20 @@ fn openssl_ocsp_responses_decide_revocation() {
     let revoked = response(dir.path(), true, "resp");
     let e = check(&pki, &revoked).unwrap_err();
     let f = e.failure().unwrap();
-    assert!(matches!(&f.reason, FailureReason::Revoked(r) if r.contains("KeyCompromise")), "{e}");
+    assert!(
+        matches!(&f.reason, FailureReason::Revoked(r) if r.contains("KeyCompromise")),
+        "{e}"
+    );
     assert_eq!(f.subject, "CN=OCSP Test EE");
 
     // A responder the CA never authorised speaks for nobody: no status, so Require fails.
     let rogue = response(dir.path(), true, "rogue");
     let e = check(&pki, &rogue).unwrap_err();
-    assert!(matches!(e.failure().unwrap().reason, FailureReason::RevocationUnknown(_)), "{e}");
+    assert!(
+        matches!(
+            e.failure().unwrap().reason,
+            FailureReason::RevocationUnknown(_)
+        ),
+        "{e}"
+    );
 }
