@@ -75,6 +75,13 @@ pub enum AuditEvent {
         /// Peer address.
         peer: String,
     },
+    /// A card refused its PIN on the person's workstation (recorded locally by `qsi login`).
+    CardUnlockFailed {
+        /// Token label.
+        token: String,
+        /// The token's PIN flags after the attempt.
+        flags: String,
+    },
     /// A request for data or a service the session does not dominate (answered as not found).
     AccessDenied {
         /// Person key.

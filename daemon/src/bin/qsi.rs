@@ -26,6 +26,11 @@ enum Command {
     /// Keys in PKCS#11 tokens: init-token, list, keygen, pubkey, test
     #[command(subcommand)]
     Hsm(cli::hsm::Command),
+    /// Log in to a site's portal with a smart card (PIV/PIV-I through PKCS#11)
+    Login(cli::login::Args),
+    /// Clearances: bootstrap the first officer, grant, revoke, show (signed with the officer's card); run the portal
+    #[command(subcommand)]
+    Access(cli::access::Command),
     /// Run two sites on loopback with throw-away credentials and prove the tunnels are post-quantum
     Demo(cli::demo::Args),
     /// Run the CA: init, issue, cross-certify, revoke, crl, list, serve
@@ -45,6 +50,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Tunnel(cmd) => cli::tunnel::run(cmd),
         Command::Hsm(cmd) => cli::hsm::run(cmd),
+        Command::Login(args) => cli::login::run(args),
+        Command::Access(cmd) => cli::access::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),

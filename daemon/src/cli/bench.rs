@@ -13,6 +13,8 @@ pub enum Command {
     Hsm(super::bench_hsm::Args),
     /// Chains validated per second on a 4-certificate bridge path with CRLs, beside `openssl verify`
     Pki(super::bench_pki::Args),
+    /// Smart-card logins/s through the portal beside the same mutual TLS without the portal's checks
+    Login(super::bench_login::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -21,5 +23,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Tunnel(args) => super::bench_tunnel::run(args),
         Command::Hsm(args) => super::bench_hsm::run(args),
         Command::Pki(args) => super::bench_pki::run(args),
+        Command::Login(args) => super::bench_login::run(args),
     }
 }

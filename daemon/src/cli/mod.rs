@@ -3,14 +3,18 @@
 //! `Args` for a flat command) and a synchronous `pub fn run(..) -> anyhow::Result<()>`; an area that needs
 //! async builds its runtime with [`block_on`].
 
+pub mod access;
 pub mod bench;
 pub mod bench_hsm;
+pub mod bench_login;
 pub mod bench_pki;
 pub mod bench_tunnel;
 pub mod ca;
 pub mod ca_serve;
+pub mod card;
 pub mod demo;
 pub mod hsm;
+pub mod login;
 pub mod pki;
 pub mod tunnel;
 

@@ -55,6 +55,13 @@ pub struct RawTrust {
     /// Certificate policy OIDs accepted (after bridge mapping); empty accepts any valid path.
     #[serde(default)]
     pub accepted_policies: Vec<String>,
+    /// Untrusted certificates for path building: bridge and partner cross-certificates, intermediates
+    /// (PEM files, or .p7c bundles).
+    #[serde(default)]
+    pub intermediates: Vec<PathBuf>,
+    /// `require` (default): every CA and card on the path needs a CRL here; `best-effort`; `off`.
+    #[serde(default)]
+    pub revocation: Option<String>,
 }
 
 /// `[[object]]`.
@@ -120,6 +127,10 @@ pub struct PortalConfig {
     pub crls: Vec<PathBuf>,
     /// Accepted policies.
     pub accepted_policies: Vec<String>,
+    /// Candidate certificate files.
+    pub intermediates: Vec<PathBuf>,
+    /// Revocation mode.
+    pub revocation: qsi_pki::validate::RevocationMode,
     /// Data objects by id.
     pub objects: BTreeMap<String, DataObject>,
     /// Services by name.
@@ -203,6 +214,25 @@ impl PortalConfig {
                 "name at least one trust anchor (PEM file)",
             ));
         }
+        let revocation = match raw.trust.revocation.as_deref() {
+            None | Some("require") => qsi_pki::validate::RevocationMode::Require,
+            Some("best-effort") => qsi_pki::validate::RevocationMode::BestEffort,
+            Some("off") => qsi_pki::validate::RevocationMode::Off,
+            Some(other) => {
+                return Err(field(
+                    "trust.revocation",
+                    format!("{other:?}: write \"require\", \"best-effort\" or \"off\""),
+                ));
+            }
+        };
+        for (i, p) in raw.trust.accepted_policies.iter().enumerate() {
+            if p.parse::<der::asn1::ObjectIdentifier>().is_err() {
+                return Err(field(
+                    format!("trust.accepted_policies[{i}]"),
+                    format!("{p:?} is not a dotted OID"),
+                ));
+            }
+        }
         let mut objects = BTreeMap::new();
         for (i, o) in raw.objects.into_iter().enumerate() {
             let f = format!("object[{i}]");
@@ -280,6 +310,8 @@ impl PortalConfig {
             anchors: raw.trust.anchors.iter().map(|p| rel(p)).collect(),
             crls: raw.trust.crls.iter().map(|p| rel(p)).collect(),
             accepted_policies: raw.trust.accepted_policies,
+            intermediates: raw.trust.intermediates.iter().map(|p| rel(p)).collect(),
+            revocation,
             objects,
             services,
         })

@@ -475,3 +475,84 @@ async fn forward_http(
         .to_bytes();
     Ok(Response::from_parts(parts, Full::new(body)))
 }
+
+fn read(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// DER blocks of `label` from a PEM file, or the file itself when it is DER.
+fn pem_or_der(bytes: &[u8], label: &str) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(bytes);
+    let begin = format!("-----BEGIN {label}-----");
+    if !text.contains(&begin) {
+        return vec![bytes.to_vec()];
+    }
+    use base64::Engine as _;
+    let end = format!("-----END {label}-----");
+    text.split(&begin)
+        .skip(1)
+        .filter_map(|rest| rest.split(&end).next())
+        .filter_map(|b64| {
+            let clean: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD.decode(clean).ok()
+        })
+        .collect()
+}
+
+/// Builds the portal a config describes (store, PKI validator, TLS) and serves until the process ends.
+pub async fn serve_config(config: PortalConfig) -> anyhow::Result<()> {
+    let mut anchors = Vec::new();
+    for p in &config.anchors {
+        anchors.extend(pem_or_der(&read(p, "trust anchor")?, "CERTIFICATE"));
+    }
+    let mut candidates = Vec::new();
+    for p in &config.intermediates {
+        let bytes = read(p, "intermediate")?;
+        let certs = qsi_pki::validate::load_certs(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        candidates.extend(certs.iter().map(|c| c.der().to_vec()));
+    }
+    let mut crls = Vec::new();
+    for p in &config.crls {
+        crls.extend(pem_or_der(&read(p, "CRL")?, "X509 CRL"));
+    }
+    let validator = super::validate::PkiCardValidator::new(
+        &anchors,
+        &candidates,
+        &crls,
+        &config.accepted_policies,
+        config.revocation,
+    )
+    .map_err(|e| anyhow::anyhow!("trust settings: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        pem_or_der(&read(&config.tls_cert, "tls.cert")?, "CERTIFICATE")
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+    let key_pem = read(&config.tls_key, "tls.key")?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "tls.key {} holds no PEM private key",
+                config.tls_key.display()
+            )
+        })?;
+    let tls = super::tls::server_config(chain, key)?;
+    let store = Arc::new(AccessStore::open(&config.store)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "login portal listening");
+    println!("portal listening on {addr}");
+    let portal = Arc::new(Portal::new(
+        config,
+        store,
+        Arc::new(validator),
+        system_clock(),
+    ));
+    portal.serve(listener, Arc::new(tls)).await?;
+    Ok(())
+}

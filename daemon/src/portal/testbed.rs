@@ -218,6 +218,8 @@ impl Testbed {
             anchors: vec![root],
             crls: vec![crl],
             accepted_policies: vec![],
+            intermediates: vec![],
+            revocation: qsi_pki::validate::RevocationMode::Require,
             objects,
             services,
         };
