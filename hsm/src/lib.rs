@@ -16,6 +16,8 @@
 //! - [`FileStore`]: development only, keys sealed under an Argon2id passphrase key; every log line says
 //!   it is not for production.
 //! - [`SoftHsmToken`]: a throw-away SoftHSM2 token for tests of any crate.
+//! - [`HsmSigningKey`] (rustls) and [`HsmRcgenKey`] (rcgen): a store's key as a TLS 1.3 signing key
+//!   (ECDSA, RSA-PSS, ML-DSA) or as a certificate's subject or issuer key.
 //!
 //! # Example
 //!
@@ -60,6 +62,7 @@ mod pin;
 pub mod pkcs11;
 pub mod softhsm;
 mod store;
+pub mod tls;
 mod uri;
 
 pub use error::{Error, PinFlags, Result};
@@ -69,5 +72,6 @@ pub use pin::Pin;
 pub use pkcs11::{PinRetryLimit, Pkcs11Config, Pkcs11Store, TokenSelector};
 pub use softhsm::SoftHsmToken;
 pub use store::{Backend, KeyStore, StoreInfo, verify_signature};
+pub use tls::{HsmRcgenKey, HsmSigningKey};
 pub use uri::Pkcs11Uri;
 pub use zeroize::Zeroizing;
