@@ -265,6 +265,7 @@ fn aia_bundle_and_crls_are_fetched_over_http() {
     let f = bridge_fixture::build(&BridgeOptions {
         crl_base: Some(base.clone()),
         aia_base: Some(base.clone()),
+        sia_base: Some(base.clone()),
         ..Default::default()
     })
     .unwrap();
@@ -275,14 +276,21 @@ fn aia_bundle_and_crls_are_fetched_over_http() {
         }
         let a_ca = f.intermediates.iter().find(|i| i.name == "a-ca").unwrap();
         m.insert("/a-ca.p7c".into(), p7c_of(&[&a_ca.der]));
+        let b_cross = f
+            .intermediates
+            .iter()
+            .find(|i| i.name == "b-to-bridge")
+            .unwrap();
+        m.insert("/b-issued.p7c".into(), p7c_of(&[&b_cross.der]));
     }
+    // B's cross-certificate to the bridge is missing too: only B's SIA caRepository bundle has it.
     // The pool lacks A's issuing CA: only the AIA bundle has it.
     let anchors = [TrustAnchor::from_cert(cert(&f.b_root))];
     let ee = cert(&f.ee);
     let candidates: Vec<Cert> = f
         .intermediates
         .iter()
-        .filter(|i| i.name != "a-ca")
+        .filter(|i| i.name != "a-ca" && i.name != "b-to-bridge")
         .map(|i| cert(&i.der))
         .collect();
     let fetcher = HttpBundleFetcher::new(Duration::from_secs(5));
@@ -292,16 +300,11 @@ fn aia_bundle_and_crls_are_fetched_over_http() {
         Duration::from_secs(3600),
         StalePolicy::Refuse,
     );
-    let all: Vec<Cert> = candidates
+    let all: Vec<Cert> = f
+        .intermediates
         .iter()
-        .cloned()
+        .map(|i| cert(&i.der))
         .chain([ee.clone()])
-        .chain(
-            f.intermediates
-                .iter()
-                .filter(|i| i.name == "a-ca")
-                .map(|i| cert(&i.der)),
-        )
         .collect();
     let crls = cache.crls_for(&all, t2026());
     assert_eq!(crls.len(), 4, "one CRL per CA, fetched");
@@ -313,6 +316,7 @@ fn aia_bundle_and_crls_are_fetched_over_http() {
     let v = validate(&input).unwrap();
     assert_eq!(v.certs.len(), 4);
     assert!(hits.lock().unwrap().contains(&"/a-ca.p7c".to_string()));
+    assert!(hits.lock().unwrap().contains(&"/b-issued.p7c".to_string()));
     // Without the fetcher there is no path.
     input.fetcher = None;
     assert!(matches!(

@@ -49,6 +49,8 @@ pub struct BridgeOptions {
     pub crl_base: Option<String>,
     /// Base URI for AIA caIssuers of the end entity (`<base>/a-ca.p7c`); None: no AIA.
     pub aia_base: Option<String>,
+    /// Base URI for SIA caRepository of B's root (`<base>/b-issued.p7c`, what B's root issued).
+    pub sia_base: Option<String>,
     /// Signature algorithm of every key (default ECDSA P-256).
     pub ml_dsa_65: bool,
 }
@@ -147,6 +149,24 @@ fn constraints_ext(
     Ok(e)
 }
 
+/// An AIA or SIA extension with one URI.
+fn access_ext(
+    ext: ObjectIdentifier,
+    method: ObjectIdentifier,
+    uri: &str,
+) -> Result<CustomExtension, der::Error> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    let v = x509_cert::ext::pkix::AuthorityInfoAccessSyntax(vec![
+        x509_cert::ext::pkix::AccessDescription {
+            access_method: method,
+            access_location: GeneralName::UniformResourceIdentifier(der::asn1::Ia5String::new(
+                uri,
+            )?),
+        },
+    ]);
+    Ok(CustomExtension::from_oid_content(&arcs(&ext), v.to_der()?))
+}
+
 struct Ca {
     params: CertificateParams,
     key: KeyPair,
@@ -209,21 +229,30 @@ fn new_ca(
     cn: &str,
     serial: u64,
     opts: &BridgeOptions,
+    sia: Option<String>,
 ) -> Result<(Ca, Vec<u8>), FixtureError> {
     let key = KeyPair::generate_for(alg(opts))?;
     // Self-signed certificates carry no CRL distribution point (nobody checks an anchor).
     let mut params = ca_params(org, cn, serial, "unused", opts);
     params.crl_distribution_points.clear();
     params.use_authority_key_identifier_extension = false;
+    if let Some(uri) = sia {
+        params.custom_extensions.push(access_ext(
+            const_oid::db::rfc5280::ID_PE_SUBJECT_INFO_ACCESS,
+            crate::validate::cert::AD_CA_REPOSITORY,
+            &uri,
+        )?);
+    }
     let cert = params.self_signed(&key)?;
     Ok((Ca { params, key }, cert.der().to_vec()))
 }
 
 /// Builds the fixture (fresh keys each time).
 pub fn build(opts: &BridgeOptions) -> Result<BridgeFixture, FixtureError> {
-    let (b, b_root) = new_ca("Agency B", "Agency B Root CA", 1, opts)?;
-    let (a, a_root) = new_ca("Agency A", "Agency A Root CA", 2, opts)?;
-    let (br, bridge) = new_ca("Bridge", "Bridge CA", 3, opts)?;
+    let sia = opts.sia_base.as_ref().map(|b| format!("{b}/b-issued.p7c"));
+    let (b, b_root) = new_ca("Agency B", "Agency B Root CA", 1, opts, sia)?;
+    let (a, a_root) = new_ca("Agency A", "Agency A Root CA", 2, opts, None)?;
+    let (br, bridge) = new_ca("Bridge", "Bridge CA", 3, opts, None)?;
     let b_issuer = Issuer::from_params(&b.params, &b.key);
     let a_issuer = Issuer::from_params(&a.params, &a.key);
     let br_issuer = Issuer::from_params(&br.params, &br.key);
@@ -303,19 +332,11 @@ pub fn build(opts: &BridgeOptions) -> Result<BridgeFixture, FixtureError> {
     ];
     p.custom_extensions = vec![policies_ext(&[A_POLICY])?];
     if let Some(base) = &opts.aia_base {
-        // AuthorityInfoAccess with one caIssuers URI, encoded by x509-cert.
-        use x509_cert::ext::pkix::AuthorityInfoAccessSyntax;
-        use x509_cert::ext::pkix::name::GeneralName;
-        let aia = AuthorityInfoAccessSyntax(vec![x509_cert::ext::pkix::AccessDescription {
-            access_method: crate::validate::cert::AD_CA_ISSUERS,
-            access_location: GeneralName::UniformResourceIdentifier(der::asn1::Ia5String::new(
-                &format!("{base}/a-ca.p7c"),
-            )?),
-        }]);
-        p.custom_extensions.push(CustomExtension::from_oid_content(
-            &arcs(&const_oid::db::rfc5280::ID_PE_AUTHORITY_INFO_ACCESS),
-            aia.to_der()?,
-        ));
+        p.custom_extensions.push(access_ext(
+            const_oid::db::rfc5280::ID_PE_AUTHORITY_INFO_ACCESS,
+            crate::validate::cert::AD_CA_ISSUERS,
+            &format!("{base}/a-ca.p7c"),
+        )?);
     }
     let ee = p.signed_by(&ee_key, &ca_issuer)?.der().to_vec();
 

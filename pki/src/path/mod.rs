@@ -153,27 +153,34 @@ impl Builder<'_> {
         if chain.len() >= self.max_depth {
             return ControlFlow::Continue(());
         }
-        let mut issuers = self.pool.issuers_of(&last);
+        let mut issuers = self.usable_issuers(chain, &last);
         if issuers.is_empty() {
             self.fetch_for(&last);
-            issuers = self.pool.issuers_of(&last);
+            issuers = self.usable_issuers(chain, &last);
         }
         for c in issuers {
-            let spki = c.spki_der();
-            let loops = chain
-                .iter()
-                .any(|x| x == &c || (x.subject() == c.subject() && x.spki_der() == spki));
-            // A certificate carrying an anchor's name and key is the anchor itself: stop there.
-            let is_anchor = self.anchors.iter().any(|a| a.is_cert_of(&c));
-            if loops || is_anchor {
-                continue;
-            }
             chain.push(c);
             let r = self.dfs(chain, visit);
             chain.pop();
             r?;
         }
         ControlFlow::Continue(())
+    }
+
+    /// Candidate issuers of `last` that neither loop back into the chain (the same subject and key
+    /// twice) nor are an anchor's own certificate (the anchor ends the path instead).
+    fn usable_issuers(&self, chain: &[Cert], last: &Cert) -> Vec<Cert> {
+        self.pool
+            .issuers_of(last)
+            .into_iter()
+            .filter(|c| {
+                let spki = c.spki_der();
+                let loops = chain
+                    .iter()
+                    .any(|x| x == c || (x.subject() == c.subject() && x.spki_der() == spki));
+                !loops && !self.anchors.iter().any(|a| a.is_cert_of(c))
+            })
+            .collect()
     }
 
     /// Pulls in the bundles named by the certificate's AIA caIssuers and, for anchors and pool CAs of the
