@@ -334,6 +334,24 @@ fn aia_bundle_and_crls_are_fetched_over_http() {
         "no refetch before nextUpdate"
     );
 
+    // The background refresher's step: nothing is due now; everything is due near nextUpdate.
+    assert_eq!(cache.refresh_due(t2026()), 0);
+    let near = UNIX_EPOCH + Duration::from_secs(2_048_520_000); // 2034-11-30T17:20Z, 6.7 h before
+    assert_eq!(
+        cache.refresh_due(near),
+        0,
+        "hours before nextUpdate is outside the 1-hour margin"
+    );
+    let due = UNIX_EPOCH + Duration::from_secs(2_048_541_000); // 2034-11-30T23:10Z, 50 min before
+    let before_refresh = hits.lock().unwrap().len();
+    assert_eq!(
+        cache.refresh_due(due),
+        4,
+        "every CRL refreshed inside the margin"
+    );
+    assert_eq!(hits.lock().unwrap().len(), before_refresh + 4);
+    let before = hits.lock().unwrap().len();
+
     // Past nextUpdate (2034-12-01) the cache refetches; the server still serves the same (stale) CRLs.
     let late = UNIX_EPOCH + Duration::from_secs(2_049_000_000); // 2034-12-05
     let refused = cache.crls_for(&all, late);
