@@ -173,7 +173,15 @@ impl Etsi014Client {
         };
         let mut sender = match reusable {
             Some(s) => s,
-            None => self.connect().await?,
+            None => {
+                let mut s = self.connect().await?;
+                // TLS 1.3 lets the client finish its handshake before the server has judged the client
+                // certificate; a refusal then surfaces on the first request. Prove a fresh connection
+                // with a status request, which moves no key, so that a refused or broken connection is
+                // known to have delivered nothing.
+                self.probe(&mut s).await?;
+                s
+            }
         };
         let mut req = hyper::Request::builder()
             .method(method)
@@ -217,6 +225,42 @@ impl Etsi014Client {
             *guard = Some(sender);
         }
         r
+    }
+
+    async fn probe(&self, sender: &mut SendRequest<Full<Bytes>>) -> Result<(), FetchError> {
+        let req = hyper::Request::builder()
+            .method(hyper::Method::GET)
+            .uri(format!(
+                "{}{}",
+                self.target.prefix,
+                status_path(&self.s.peer_sae_id)
+            ))
+            .header(
+                hyper::header::HOST,
+                format!("{}:{}", self.target.host, self.target.port),
+            )
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| FetchError::Request(e.to_string()))?;
+        let refused = |why: String| FetchError::Connect {
+            url: self.url(),
+            reason: format!(
+                "the KME closed the new connection ({why}): check this SAE's certificate and the KME's trust anchors"
+            ),
+        };
+        let exchange = async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
+            // any HTTP answer proves the connection; drain the body so the next request can follow
+            let _ = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await;
+            sender.ready().await.map_err(|e| refused(e.to_string()))
+        };
+        tokio::time::timeout(self.s.connect_timeout, exchange)
+            .await
+            .map_err(|_| refused("no answer to the status probe".into()))?
     }
 
     /// A request with retries (only for failures that delivered nothing) and ETSI error mapping.

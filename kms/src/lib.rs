@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod hsmkeys;
 pub mod http;
 pub mod kek;
 pub mod lifecycle;

@@ -437,7 +437,25 @@ impl Kms {
         let latency = t0.elapsed().as_millis() as u64;
         match answer {
             Ok(keys) => {
-                let done = self.store.submit(Op::CompleteFetch { batch, keys }).await;
+                let kek = self.store.kek();
+                let sealing = tokio::task::spawn_blocking(move || {
+                    let s = crate::store::seal_batch(kek.as_ref(), batch, &keys);
+                    (s, keys)
+                })
+                .await;
+                let done = match sealing {
+                    Ok((Ok(sealed), keys)) => {
+                        self.store
+                            .submit(Op::CompleteFetch {
+                                batch,
+                                keys,
+                                sealed: Some(sealed),
+                            })
+                            .await
+                    }
+                    Ok((Err(e), _)) => Err(e),
+                    Err(e) => Err(KmsError::Corrupt(format!("sealing task failed: {e}"))),
+                };
                 match done {
                     Ok(Out::Completed(c)) => {
                         let n = c.accepted.len();

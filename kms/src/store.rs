@@ -224,6 +224,7 @@ pub(crate) enum Op {
     CompleteFetch {
         batch: u64,
         keys: Vec<DeliveredKey>,
+        sealed: Option<Sealed>,
     },
     FailFetch {
         batch: u64,
@@ -292,6 +293,26 @@ struct Job {
     reply: Replier,
 }
 
+/// A KME answer sealed for storage: a fresh data key wrapped by the KEK, and each key (by its position
+/// in the answer, which is also its nonce) sealed under the data key with its ID as associated data.
+pub struct Sealed {
+    wrapped_dk: Vec<u8>,
+    cts: Vec<Vec<u8>>,
+}
+
+/// Seals an answer for `batch`: one HSM call (the wrap) and one AES-GCM per key. Done outside the
+/// writer thread so that group commits of deliveries never wait for it.
+pub fn seal_batch(kek: &dyn Kek, batch: u64, keys: &[DeliveredKey]) -> Result<Sealed, KmsError> {
+    let dk = random_key(32)?;
+    let wrapped_dk = kek.wrap(&dk, &batch_context(batch))?;
+    let cts = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (id, k))| seal_with(&dk, i as u64, id.as_bytes(), k.expose()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Sealed { wrapped_dk, cts })
+}
+
 /// Options of the store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -310,6 +331,7 @@ impl Default for StoreOptions {
 /// The key store: a redb file and its writer thread.
 pub struct Store {
     db: Arc<Database>,
+    kek: Arc<dyn Kek>,
     tx: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     signer: Arc<dyn CheckpointSigner>,
@@ -458,9 +480,17 @@ impl Writer {
                 }
             }
             let saved = self.head;
+            let group = jobs.len();
+            let t0 = std::time::Instant::now();
             let (ops, replies): (Vec<Op>, Vec<Replier>) =
                 jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-            match self.commit_group(ops) {
+            let result = self.commit_group(ops);
+            tracing::trace!(
+                group,
+                commit_us = t0.elapsed().as_micros() as u64,
+                "group commit"
+            );
+            match result {
                 Ok(outs) => {
                     for (r, o) in replies.into_iter().zip(outs) {
                         r.send(o);
@@ -560,7 +590,11 @@ impl Writer {
                 )?;
                 Ok(Out::Batch(id))
             }
-            Op::CompleteFetch { batch, keys } => self.complete(t, batch, keys, now),
+            Op::CompleteFetch {
+                batch,
+                keys,
+                sealed,
+            } => self.complete(t, batch, keys, sealed, now),
             Op::FailFetch {
                 batch,
                 write_off,
@@ -818,16 +852,24 @@ impl Writer {
         t: &mut Tables<'_>,
         batch: u64,
         keys: Vec<DeliveredKey>,
+        sealed: Option<Sealed>,
         now: u64,
     ) -> Result<Out, KmsError> {
         let mut b = t.batch(batch)?;
         if b.state != BatchState::Requested {
             return Err(KmsError::UnknownBatch(batch));
         }
+        // Sealed outside the writer (by the fetch task) in production; here for direct callers.
+        let sealed = match sealed {
+            Some(s) => Some(s),
+            None if keys.is_empty() => None,
+            None => Some(seal_batch(self.kek.as_ref(), batch, &keys)?),
+        };
         let asked: HashSet<&str> = b.ids.iter().map(String::as_str).collect();
         let mut seen = HashSet::new();
         let mut out = Completed::default();
-        for (id, key) in keys {
+        let mut positions = Vec::new();
+        for (position, (id, key)) in keys.into_iter().enumerate() {
             let reason = if key.bits() != b.size as usize {
                 Some(format!(
                     "key is {} bits, {} were asked for",
@@ -851,7 +893,10 @@ impl Writer {
             };
             match reason {
                 Some(r) => out.refused.push((id, r)),
-                None => out.accepted.push((id, key)),
+                None => {
+                    positions.push(position);
+                    out.accepted.push((id, key));
+                }
             }
         }
         if b.role == Role::Slave {
@@ -863,14 +908,19 @@ impl Writer {
             }
         }
         if !out.accepted.is_empty() {
-            let dk = random_key(32)?;
-            let wrapped = self.kek.wrap(&dk, &batch_context(batch))?;
-            for (index, (id, key)) in out.accepted.iter().enumerate() {
-                let ct = seal_with(&dk, index as u64, id.as_bytes(), key.expose())?;
+            let Some(sealed) = sealed else {
+                return Err(corrupt("answer", "not sealed"));
+            };
+            let wrapped = sealed.wrapped_dk;
+            for ((id, _), position) in out.accepted.iter().zip(positions.iter()) {
+                let ct = sealed
+                    .cts
+                    .get(*position)
+                    .ok_or_else(|| corrupt("sealed batch", "fewer ciphertexts than keys"))?;
                 let rec = LiveRecord {
                     link: b.link.clone(),
                     batch,
-                    index: index as u64,
+                    index: *position as u64,
                     ct: hex::encode(ct),
                     announced: false,
                 };
@@ -926,6 +976,62 @@ impl Store {
         let db = Arc::new(Database::create(path).map_err(db_err)?);
         let now = clock.now_ms();
         let mut loaded = Loaded::default();
+        // Load live keys first (unwrapping each batch's data key once): a wrong KEK fails here, before
+        // anything is written.
+        {
+            let txn = db.begin_read().map_err(db_err)?;
+            // a new file has no tables yet
+            if let (Ok(batches), Ok(live)) = (txn.open_table(BATCHES), txn.open_table(LIVE)) {
+                let mut by_batch: BTreeMap<u64, Vec<(String, LiveRecord)>> = BTreeMap::new();
+                for row in live.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let r: LiveRecord = dec("live key", v.value())?;
+                    by_batch
+                        .entry(r.batch)
+                        .or_default()
+                        .push((k.value().to_string(), r));
+                }
+                for (batch, mut recs) in by_batch {
+                    recs.sort_by_key(|(_, r)| r.index);
+                    let b: BatchRecord = match batches.get(batch).map_err(db_err)? {
+                        Some(v) => dec("batch", v.value())?,
+                        None => return Err(corrupt("live key", format!("batch {batch} missing"))),
+                    };
+                    let Some(w) = &b.wrapped_dk else {
+                        return Err(corrupt(
+                            "batch",
+                            format!("batch {batch} has live keys but no data key"),
+                        ));
+                    };
+                    let blob = hex::decode(w).map_err(|e| corrupt("wrapped data key", e))?;
+                    let dk = kek.unwrap(&blob, &batch_context(batch))?;
+                    for (id, r) in recs {
+                        let ct = hex::decode(&r.ct).map_err(|e| corrupt("sealed key", e))?;
+                        let key = open_with(&dk, r.index, id.as_bytes(), &ct)?;
+                        loaded.keys.push(StoredKey {
+                            link: r.link,
+                            id,
+                            key,
+                            announced: r.announced,
+                        });
+                    }
+                }
+            }
+        }
+        // The signer must be the one that signed this log (a wrong token or label would sign
+        // checkpoints nobody can verify later): check the last checkpoint before writing anything.
+        {
+            let txn = db.begin_read().map_err(db_err)?;
+            if let Ok(t) = txn.open_table(CHECKPOINTS)
+                && let Some((k, v)) = t.last().map_err(db_err)?
+            {
+                let cp: Checkpoint = dec("checkpoint", v.value())?;
+                let sig = hex::decode(&cp.sig).map_err(|e| corrupt("checkpoint", e))?;
+                if !signer.verify(&audit::checkpoint_message(cp.seq, &cp.hash), &sig)? {
+                    return Err(audit::AuditError::BadSignature(k.value()).into());
+                }
+            }
+        }
         // Recovery: one transaction, audited, checkpointed.
         let mut head = Head {
             seq: 0,
@@ -1001,51 +1107,11 @@ impl Store {
             }
             txn.commit().map_err(db_err)?;
         }
-        // Load live keys: unwrap each batch's data key once.
-        {
-            let txn = db.begin_read().map_err(db_err)?;
-            let batches = txn.open_table(BATCHES).map_err(db_err)?;
-            let live = txn.open_table(LIVE).map_err(db_err)?;
-            let mut by_batch: BTreeMap<u64, Vec<(String, LiveRecord)>> = BTreeMap::new();
-            for row in live.iter().map_err(db_err)? {
-                let (k, v) = row.map_err(db_err)?;
-                let r: LiveRecord = dec("live key", v.value())?;
-                by_batch
-                    .entry(r.batch)
-                    .or_default()
-                    .push((k.value().to_string(), r));
-            }
-            for (batch, mut recs) in by_batch {
-                recs.sort_by_key(|(_, r)| r.index);
-                let b: BatchRecord = match batches.get(batch).map_err(db_err)? {
-                    Some(v) => dec("batch", v.value())?,
-                    None => return Err(corrupt("live key", format!("batch {batch} missing"))),
-                };
-                let Some(w) = &b.wrapped_dk else {
-                    return Err(corrupt(
-                        "batch",
-                        format!("batch {batch} has live keys but no data key"),
-                    ));
-                };
-                let blob = hex::decode(w).map_err(|e| corrupt("wrapped data key", e))?;
-                let dk = kek.unwrap(&blob, &batch_context(batch))?;
-                for (id, r) in recs {
-                    let ct = hex::decode(&r.ct).map_err(|e| corrupt("sealed key", e))?;
-                    let key = open_with(&dk, r.index, id.as_bytes(), &ct)?;
-                    loaded.keys.push(StoredKey {
-                        link: r.link,
-                        id,
-                        key,
-                        announced: r.announced,
-                    });
-                }
-            }
-        }
         info!(path = %path.display(), live = loaded.keys.len(), written_off = loaded.written_off.len(), "key store open");
         let (tx, rx) = mpsc::channel();
         let w = Writer {
             db: db.clone(),
-            kek,
+            kek: kek.clone(),
             signer: signer.clone(),
             clock,
             opts,
@@ -1058,6 +1124,7 @@ impl Store {
         Ok((
             Self {
                 db,
+                kek,
                 tx: Some(tx),
                 writer: Some(writer),
                 signer,
@@ -1086,6 +1153,11 @@ impl Store {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(op, Replier::Async(tx))?;
         rx.await.map_err(|_| KmsError::Closed)?
+    }
+
+    /// The KEK (to seal answers before they are submitted).
+    pub fn kek(&self) -> Arc<dyn Kek> {
+        self.kek.clone()
     }
 
     /// Every audit record from `from` (1-based), at most `limit`.

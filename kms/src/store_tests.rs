@@ -63,7 +63,11 @@ fn begin(s: &Store, role: Role, n: u32, ids: Vec<String>) -> u64 {
 
 fn complete(s: &Store, batch: u64, keys: Vec<DeliveredKey>) -> Completed {
     match s
-        .submit_blocking(Op::CompleteFetch { batch, keys })
+        .submit_blocking(Op::CompleteFetch {
+            batch,
+            keys,
+            sealed: None,
+        })
         .unwrap()
     {
         Out::Completed(c) => c,
@@ -104,7 +108,8 @@ fn a_fetch_recorded_but_never_answered_is_written_off_at_restart() {
     assert!(matches!(
         s.submit_blocking(Op::CompleteFetch {
             batch: 1,
-            keys: vec![("late".into(), key(1))]
+            keys: vec![("late".into(), key(1))],
+            sealed: None,
         }),
         Err(KmsError::UnknownBatch(1))
     ));

@@ -36,6 +36,9 @@ enum Command {
     /// Run the CA: init, issue, cross-certify, revoke, crl, list, serve
     #[command(subcommand)]
     Ca(cli::ca::Command),
+    /// The key management service: serve, status, keys, audit (admin socket)
+    #[command(subcommand)]
+    Kms(cli::kms::Command),
     /// Benchmark programs (each runs its comparison peer in the same run and prints the ratio)
     #[command(subcommand)]
     Bench(cli::bench::Command),
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Access(cmd) => cli::access::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
         Command::Ca(cmd) => cli::ca::run(cmd),
+        Command::Kms(cmd) => cli::kms::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Pki(cmd) => cli::pki::run(cmd),
     }

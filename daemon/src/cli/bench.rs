@@ -15,6 +15,9 @@ pub enum Command {
     Pki(super::bench_pki::Args),
     /// Smart-card logins/s through the portal beside the same mutual TLS without the portal's checks
     Login(super::bench_login::Args),
+    /// KMS: keys/s and p50/p99 to 32 local SAE clients over ETSI 014 with mutual TLS, durable; peer: a KME
+    /// directly; in-process handover latency
+    Kms(super::bench_kms::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -24,5 +27,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Hsm(args) => super::bench_hsm::run(args),
         Command::Pki(args) => super::bench_pki::run(args),
         Command::Login(args) => super::bench_login::run(args),
+        Command::Kms(args) => super::bench_kms::run(args),
     }
 }

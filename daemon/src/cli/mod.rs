@@ -6,6 +6,7 @@
 pub mod access;
 pub mod bench;
 pub mod bench_hsm;
+pub mod bench_kms;
 pub mod bench_login;
 pub mod bench_pki;
 pub mod bench_tunnel;
@@ -14,6 +15,7 @@ pub mod ca_serve;
 pub mod card;
 pub mod demo;
 pub mod hsm;
+pub mod kms;
 pub mod login;
 pub mod pki;
 pub mod tunnel;
