@@ -39,6 +39,7 @@ pub mod analytic;
 pub mod auth;
 pub mod bits;
 pub mod cascade;
+pub mod kme;
 pub mod link;
 pub mod params;
 pub mod physics;

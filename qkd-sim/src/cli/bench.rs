@@ -28,10 +28,13 @@ pub struct Args {
     reps: usize,
     /// Short run for CI: 2^16-bit blocks, one repetition (figures not comparable).
     #[arg(long)]
-    quick: bool,
+    pub quick: bool,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+    /// Benchmark the key managers instead (ETSI GS QKD 014 over mutual TLS; qkd-sim/src/kme/bench.rs).
+    #[arg(long)]
+    pub kme: bool,
 }
 
 #[derive(Serialize)]
