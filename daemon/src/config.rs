@@ -981,6 +981,14 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// As the `config` fuzz target: any text is refused or accepted, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "(site|tls|peer|\\[|\\]|=|\"|[a-z_.]|\n| |[0-9:]){0,300}") {
+            let _ = Config::from_toml(&text, Path::new("p.toml"), Path::new("/nonexistent"));
+        }
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let text = "site = \"a\"\nsitee = 1\n[tls]\ncertificate=\"c\"\nprivate_key=\"k\"\ntrust_anchors=[]\n";

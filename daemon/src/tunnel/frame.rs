@@ -297,6 +297,19 @@ mod tests {
         assert_eq!(Frame::decode(&mut b), Err(FrameError::Malformed("OPEN")));
     }
 
+    proptest::proptest! {
+        /// The same property as the `flow_framing` fuzz target, run in every `cargo test`.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics_and_frames_reencode(data in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(frame)) = Frame::decode(&mut buf) {
+                let mut again = BytesMut::new();
+                frame.encode(&mut again);
+                proptest::prop_assert_eq!(Frame::decode(&mut again), Ok(Some(frame)));
+            }
+        }
+    }
+
     #[test]
     fn window_accounting() {
         let mut w = RecvWindow::new();
