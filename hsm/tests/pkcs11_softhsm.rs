@@ -324,3 +324,56 @@ fn missing_module_and_token_errors_say_what_to_do() {
         other => panic!("expected TokenNotFound, got {other:?}"),
     }
 }
+
+#[test]
+fn the_pool_never_opens_more_sessions_than_its_bound() {
+    let t = token("bound");
+    let mut config = t.config();
+    config.max_sessions = 3;
+    let store = Arc::new(Pkcs11Store::open(config).unwrap());
+    let key = store.generate("p256", KeyAlgorithm::EcP256).unwrap();
+    let spki = store.public_key_spki(&key).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (done, store) = (done.clone(), store.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(store.sessions_open());
+                std::thread::yield_now();
+            }
+            most
+        })
+    };
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, key, spki) = (store.clone(), key.clone(), spki.clone());
+            std::thread::spawn(move || {
+                for j in 0..15 {
+                    let msg = format!("{i}/{j}");
+                    let sig = store.sign(&key, msg.as_bytes()).unwrap();
+                    verify_signature(
+                        &spki,
+                        SignatureScheme::EcdsaP256Sha256,
+                        msg.as_bytes(),
+                        &sig,
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a signing thread failed");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    assert!(
+        most >= 2,
+        "the threads never signed in parallel ({most} session open at most)"
+    );
+    assert!(
+        most <= 3,
+        "{most} sessions were open at once with a bound of 3"
+    );
+}

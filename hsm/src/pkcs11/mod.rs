@@ -161,6 +161,11 @@ impl Pkcs11Store {
         &self.module
     }
 
+    /// Sessions this store has open now (at most `max_sessions`), for metrics and tests.
+    pub fn sessions_open(&self) -> usize {
+        self.pool.open_count()
+    }
+
     /// Names of the mechanisms the token offers (`CKM_...`).
     pub fn mechanisms(&self) -> Vec<String> {
         self.mechanisms.iter().map(|m| m.to_string()).collect()

@@ -34,6 +34,11 @@ impl Pool {
         self.max
     }
 
+    /// Sessions open now (idle or lent out).
+    pub fn open_count(&self) -> usize {
+        self.state.lock().map(|s| s.open).unwrap_or(0)
+    }
+
     /// Takes an idle session, opens a new one with `open` while under the bound, or waits.
     pub fn get(&self, open: impl FnOnce() -> Result<Session>) -> Result<Pooled<'_>> {
         let poisoned = || Error::Pkcs11 {
