@@ -1,6 +1,6 @@
 //! NIST PKITS 1.0.1: all 249 cases of shared/testdata/pkits/manifest.json, asserting the outcome and,
 //! where the manifest gives it, the user-constrained policy set. Cases that do not pass are listed in
-//! tests/pkits-exclusions.txt with a reason; an excluded case that starts passing fails the test too, so
+//! tests/pkits-exclusions.txt (one file for both suites) with a reason; an excluded case that starts passing fails the test too, so
 //! the list cannot rot.
 
 mod common;
@@ -20,7 +20,7 @@ fn run_suite(
     assert_eq!(m.cases.len(), expected_cases, "manifest case count");
     let filtered = std::env::var("PKITS_ONLY").is_ok();
     let time = parse_time(&m.validation_time);
-    let excluded = load_exclusions(exclusions);
+    let excluded = load_exclusions(exclusions, dir_name);
     let mut failures = Vec::new();
     let mut now_passing = Vec::new();
     let mut passed = 0;
@@ -76,7 +76,7 @@ fn pkits_ml_dsa_65_all_229_cases() {
         "pkits-ml-dsa-65",
         ".",
         ".",
-        "pkits-ml-dsa-65-exclusions.txt",
+        "pkits-exclusions.txt",
         229,
         false,
     );

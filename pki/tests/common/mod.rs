@@ -60,18 +60,20 @@ pub fn load_manifest(dir: &Path) -> Manifest {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Reads the exclusion file: `CaseId  reason` per line, `#` comments.
-pub fn load_exclusions(file: &str) -> Vec<(String, String)> {
+/// Reads the exclusion file's lines for one suite: `suite  CaseId  reason`, `#` comments.
+pub fn load_exclusions(file: &str, suite: &str) -> Vec<(String, String)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (id, reason) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
-            (id.to_string(), reason.trim().to_string())
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (s, id) = (parts.next()?, parts.next()?);
+            let reason = l.splitn(2, id).nth(1).unwrap_or("").trim().to_string();
+            (s == suite).then(|| (id.to_string(), reason))
         })
         .collect()
 }
