@@ -72,7 +72,7 @@ pub fn load_exclusions(file: &str, suite: &str) -> Vec<(String, String)> {
         .filter_map(|l| {
             let mut parts = l.split_whitespace();
             let (s, id) = (parts.next()?, parts.next()?);
-            let reason = l.splitn(2, id).nth(1).unwrap_or("").trim().to_string();
+            let reason = l.split_once(id).map_or("", |x| x.1).trim().to_string();
             (s == suite).then(|| (id.to_string(), reason))
         })
         .collect()
