@@ -102,6 +102,7 @@ pub fn for_each_path(
         max_paths,
         fetcher,
         offered: 0,
+        steps: 0,
         fetched: Vec::new(),
     };
     let mut chain = vec![target.clone()];
@@ -116,8 +117,13 @@ struct Builder<'a> {
     max_paths: usize,
     fetcher: Option<&'a dyn BundleFetcher>,
     offered: usize,
+    /// Partial paths explored: a mesh of cross-certificates must not cost exponential time.
+    steps: usize,
     fetched: Vec<String>,
 }
+
+/// Partial paths explored per build before giving up.
+const MAX_STEPS: usize = 4096;
 
 impl Builder<'_> {
     fn dfs(
@@ -128,6 +134,12 @@ impl Builder<'_> {
         let Some(last) = chain.last().cloned() else {
             return ControlFlow::Continue(());
         };
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            tracing::warn!(target_subject = %chain.first().map(Cert::subject_string).unwrap_or_default(),
+                "path building stopped after {MAX_STEPS} partial paths");
+            return ControlFlow::Break(());
+        }
         // Anchors that issued the last certificate (a certificate that *is* an anchor ends nothing).
         let mut anchors: Vec<&TrustAnchor> = self
             .anchors
@@ -204,5 +216,42 @@ impl Builder<'_> {
                 self.pool.add(c);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::bridge_fixture::{self, BridgeOptions};
+
+    #[test]
+    fn a_mesh_of_cross_certificates_is_explored_within_budget() {
+        // Twenty copies of the bridge PKI's cross-certificates (fresh keys each, same names): the
+        // number of paths through them explodes, the search must not.
+        let mut pool = CertPool::default();
+        let mut anchors = Vec::new();
+        let mut target = None;
+        for _ in 0..20 {
+            let f = bridge_fixture::build(&BridgeOptions::default()).unwrap();
+            for i in &f.intermediates {
+                pool.add(Cert::from_der(&i.der).unwrap());
+            }
+            anchors = vec![TrustAnchor::from_cert(Cert::from_der(&f.b_root).unwrap())];
+            target = Some(Cert::from_der(&f.ee).unwrap());
+        }
+        let target = target.unwrap();
+        let start = std::time::Instant::now();
+        let mut seen = 0;
+        let offered = for_each_path(&target, &anchors, &mut pool, 10, 64, None, &mut |_, _| {
+            seen += 1;
+            ControlFlow::Continue(())
+        });
+        assert_eq!(offered, seen);
+        assert!(offered <= 64);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }
