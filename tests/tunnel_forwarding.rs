@@ -121,6 +121,28 @@ fn qsi_demo_runs_and_proves_post_quantum() {
 }
 
 #[test]
+fn qsi_demo_works_without_a_qsid_binary_beside_it() {
+    // `cargo run --bin qsi -- demo` builds only qsi: the demo then runs the daemon as `qsi qsid`.
+    let dir = tempfile::tempdir().unwrap();
+    let qsi = dir.path().join("qsi");
+    std::fs::copy(env!("CARGO_BIN_EXE_qsi"), &qsi).unwrap();
+    let out = std::process::Command::new(&qsi)
+        .arg("demo")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("tls tunnel               X25519MLKEM768"),
+        "{text}"
+    );
+}
+
+#[test]
 fn qsi_tunnel_commands_print_tables_and_json() {
     let rt = runtime();
     let pair = Pair::start(&rt, "quic");

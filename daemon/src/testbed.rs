@@ -226,26 +226,51 @@ pub struct Qsid {
     pub log: PathBuf,
 }
 
-/// Where `qsid` is: beside the running executable (qsi, or a test binary's parent directory).
-pub fn qsid_path() -> anyhow::Result<PathBuf> {
+/// How to start a site daemon: the `qsid` binary, or this executable's hidden `qsid` subcommand.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// Program to run.
+    pub program: PathBuf,
+    /// Arguments before `--config <file>`.
+    pub pre_args: Vec<String>,
+}
+
+/// `qsid` beside the running executable if it was built, else `<this qsi> qsid` (same daemon code).
+pub fn qsid_launcher() -> anyhow::Result<Launcher> {
     let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(2) {
+    if let Some(dir) = exe.parent() {
         let p = dir.join("qsid");
         if p.is_file() {
-            return Ok(p);
+            return Ok(Launcher {
+                program: p,
+                pre_args: vec![],
+            });
         }
     }
-    bail!(
-        "cannot find the qsid binary next to {}; build it with `cargo build --bins`",
-        exe.display()
-    )
+    Ok(Launcher {
+        program: exe,
+        pre_args: vec!["qsid".into()],
+    })
 }
 
 impl Qsid {
     /// Starts `bin --config config` and waits until it reports ready (or fails).
     pub fn start(bin: &Path, config: &Path) -> anyhow::Result<Qsid> {
+        Self::launch(
+            &Launcher {
+                program: bin.to_path_buf(),
+                pre_args: vec![],
+            },
+            config,
+        )
+    }
+
+    /// Starts the daemon as `launcher` says, with `--config config`, and waits until it is ready.
+    pub fn launch(launcher: &Launcher, config: &Path) -> anyhow::Result<Qsid> {
+        let bin = &launcher.program;
         let log = config.with_extension("log");
         let mut child = Command::new(bin)
+            .args(&launcher.pre_args)
             .arg("--config")
             .arg(config)
             .env(

@@ -33,6 +33,9 @@ enum Command {
     Access(cli::access::Command),
     /// Run two sites on loopback with throw-away credentials and prove the tunnels are post-quantum
     Demo(cli::demo::Args),
+    /// Run the site daemon in this process (as `qsid`; lets `cargo run --bin qsi -- demo` work alone)
+    #[command(hide = true)]
+    Qsid(cli::tunnel::QsidArgs),
     /// Run the CA: init, issue, cross-certify, revoke, crl, list, serve
     #[command(subcommand)]
     Ca(cli::ca::Command),
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Login(args) => cli::login::run(args),
         Command::Access(cmd) => cli::access::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
+        Command::Qsid(args) => cli::tunnel::run_qsid(args),
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Kms(cmd) => cli::kms::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),

@@ -65,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let dir = tempfile::Builder::new().prefix("qsi-bench-").tempdir()?;
-    let qsid = testbed::qsid_path()?;
+    let qsid = testbed::qsid_launcher()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -108,8 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .push(("sink".into(), "site-a".into(), sink, "tcp".into()));
         b.exposes
             .push(("echo".into(), "site-a".into(), echo, "tcp".into()));
-        let qb = Qsid::start(&qsid, &b.write(&sub)?)?;
-        let qa = Qsid::start(&qsid, &a.write(&sub)?)?;
+        let qb = Qsid::launch(&qsid, &b.write(&sub)?)?;
+        let qa = Qsid::launch(&qsid, &a.write(&sub)?)?;
         let sock = a.admin.clone().context("admin socket")?;
         if !testbed::wait_until(Duration::from_secs(15), || testbed::all_connected(&sock)) {
             bail!("qsid over {transport} did not come up:\n{}", qa.log_tail());

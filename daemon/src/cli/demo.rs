@@ -41,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "QSI demo: two sites on loopback, throw-away credentials in {}",
         path.display()
     );
-    let qsid = testbed::qsid_path()?;
+    let qsid = testbed::qsid_launcher()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -69,8 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .push(("hello".into(), "site-a".into(), b_to_a, "tcp".into()));
         a.exposes
             .push(("hello".into(), "site-b".into(), svc_a, "tcp".into()));
-        let qb = Qsid::start(&qsid, &b.write(&sub)?)?;
-        let qa = Qsid::start(&qsid, &a.write(&sub)?)?;
+        let qb = Qsid::launch(&qsid, &b.write(&sub)?)?;
+        let qa = Qsid::launch(&qsid, &a.write(&sub)?)?;
         let sock_a = a.admin.clone().context("admin socket")?;
         let t = Instant::now();
         if !testbed::wait_until(Duration::from_secs(15), || testbed::all_connected(&sock_a)) {

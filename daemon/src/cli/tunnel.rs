@@ -132,3 +132,16 @@ pub fn render(cmd: &str, v: &Value) -> String {
         }
     }
 }
+
+/// Options of the hidden `qsi qsid` (the daemon, as `qsid --config`).
+#[derive(clap::Args)]
+pub struct QsidArgs {
+    /// Site configuration (TOML)
+    #[arg(long, short)]
+    pub config: std::path::PathBuf,
+}
+
+/// Runs the site daemon in this process until SIGTERM/SIGINT.
+pub fn run_qsid(args: QsidArgs) -> anyhow::Result<()> {
+    super::block_on(crate::server::run(&args.config))?
+}
