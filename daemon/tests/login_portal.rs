@@ -289,3 +289,57 @@ fn a_wrong_pin_is_refused_by_the_card_with_its_pin_flags() {
     // The right PIN still works (SoftHSM2 never locks) and clears nothing on the portal side.
     card.open().unwrap();
 }
+
+#[test]
+fn a_card_holding_only_the_key_opens_with_its_certificate_file() {
+    use der::Decode;
+    use qsi_daemon::access::AssignmentSigner;
+    use qsi_hsm::KeyStore;
+    let ca = TestCa::new("root").unwrap();
+    let token = qsi_hsm::SoftHsmToken::create("keyonly").unwrap();
+    let store = token.open().unwrap();
+    let key = store
+        .generate("PIV AUTH key", qsi_hsm::KeyAlgorithm::EcP256)
+        .unwrap();
+    let spki =
+        x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(&store.public_key_spki(&key).unwrap())
+            .unwrap();
+    let public = qsi_daemon::access::testpki::ForeignPublicKey {
+        raw: spki.subject_public_key.raw_bytes().to_vec(),
+        alg: &rcgen::PKCS_ECDSA_P256_SHA256,
+    };
+    let (cert, _) = ca
+        .issue_card(&public, &CardSpec::new("Kim KeyOnly"))
+        .unwrap();
+
+    let err = qsi_daemon::card::Card::open(&token.module, &token.label, token.user_pin.clone())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("holds no PIV Authentication certificate"),
+        "{err}"
+    );
+    let card = qsi_daemon::card::Card::open_with_certificate(
+        &token.module,
+        &token.label,
+        token.user_pin.clone(),
+        cert.clone(),
+    )
+    .unwrap();
+    let sig = card.sign(b"message").unwrap();
+    let parsed = x509_cert::Certificate::from_der(&cert).unwrap();
+    qsi_daemon::access::record::verify_with_cert(&parsed, b"message", &sig).unwrap();
+    // A certificate for another key finds no key on this card.
+    let other = TestCa::new("other").unwrap();
+    let stranger =
+        qsi_daemon::access::testpki::MemoryCard::issue(&other, CardSpec::new("Stranger")).unwrap();
+    assert!(
+        qsi_daemon::card::Card::open_with_certificate(
+            &token.module,
+            &token.label,
+            token.user_pin.clone(),
+            stranger.cert_der
+        )
+        .is_err()
+    );
+}

@@ -134,7 +134,60 @@ pub struct PersonRecord {
 /// The access store.
 #[derive(Debug)]
 pub struct AccessStore {
-    db: redb::Database,
+    db: std::sync::Arc<redb::Database>,
+    /// Sender to the group-commit writer of stand-alone audit records (started on first use).
+    audit_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<PendingAudit>>>,
+    audit_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for AccessStore {
+    /// Stops the audit writer and waits for it, so the database file is closed when the store is gone.
+    fn drop(&mut self) {
+        let sender = self.audit_tx.get_mut().map(Option::take);
+        drop(sender);
+        if let Ok(slot) = self.audit_thread.get_mut() {
+            if let Some(h) = slot.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// An audit record waiting for the group commit, with where to send its outcome.
+type PendingAudit = (
+    i64,
+    AuditEvent,
+    std::sync::mpsc::SyncSender<Result<AuditRecord, String>>,
+);
+
+/// Appends every pending record in one write transaction (one fsync for the batch), then answers each
+/// caller. Ends when the store is dropped.
+fn group_commit(db: &redb::Database, rx: &std::sync::mpsc::Receiver<PendingAudit>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let result = (|| -> Result<Vec<AuditRecord>, AccessError> {
+            let tx = db.begin_write().map_err(st)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for (now, event, _) in &batch {
+                out.push(append_audit(&tx, *now, event.clone())?);
+            }
+            tx.commit().map_err(st)?;
+            Ok(out)
+        })();
+        match result {
+            Ok(records) => {
+                for ((_, _, reply), r) in batch.into_iter().zip(records) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                for (_, _, reply) in batch {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
 }
 
 impl AccessStore {
@@ -154,7 +207,11 @@ impl AccessStore {
             tx.open_table(AUDIT).map_err(st)?;
         }
         tx.commit().map_err(st)?;
-        Ok(AccessStore { db })
+        Ok(AccessStore {
+            db: std::sync::Arc::new(db),
+            audit_tx: std::sync::Mutex::new(None),
+            audit_thread: std::sync::Mutex::new(None),
+        })
     }
 
     /// Finds the person a card belongs to.
@@ -390,11 +447,34 @@ impl AccessStore {
     }
 
     /// Appends an audit record.
+    ///
+    /// Concurrent callers are group-committed: records that arrive while a commit is running go into the
+    /// next transaction together, so many logins share one fsync. Each call returns only after its record
+    /// is durable.
     pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, AccessError> {
-        let tx = self.db.begin_write().map_err(st)?;
-        let r = append_audit(&tx, now, event)?;
-        tx.commit().map_err(st)?;
-        Ok(r)
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut guard = self
+                .audit_tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sender = guard.get_or_insert_with(|| {
+                let (tx, rx) = std::sync::mpsc::channel::<PendingAudit>();
+                let db = self.db.clone();
+                let handle = std::thread::spawn(move || group_commit(&db, &rx));
+                if let Ok(mut slot) = self.audit_thread.lock() {
+                    *slot = Some(handle);
+                }
+                tx
+            });
+            sender
+                .send((now, event, reply))
+                .map_err(|_| AccessError::Storage("the audit writer stopped".into()))?;
+        }
+        answer
+            .recv()
+            .map_err(|_| AccessError::Storage("the audit writer stopped".into()))?
+            .map_err(AccessError::Storage)
     }
 
     /// The whole audit log, oldest first.

@@ -89,6 +89,54 @@ impl Card {
             selector.clone(),
             pin,
         ))?);
+        Self::from_token_certificate(store, module, token)
+    }
+
+    /// Opens the card with a certificate given from outside (e.g. the file `qsi ca issue --out` wrote when
+    /// the card holds only the key): the key is the card's private key whose public key is the
+    /// certificate's.
+    pub fn open_with_certificate(
+        module: &Path,
+        token: &str,
+        pin: Pin,
+        cert_der: Vec<u8>,
+    ) -> Result<Card, CardError> {
+        use der::{Decode, Encode};
+        let selector = TokenSelector::Label(token.to_owned());
+        let store = Arc::new(Pkcs11Store::open(Pkcs11Config::new(module, selector, pin))?);
+        let spki = x509_cert::Certificate::from_der(&cert_der)
+            .and_then(|c| c.tbs_certificate().subject_public_key_info().to_der())
+            .map_err(|e| CardError::Pkcs11 {
+                token: token.to_owned(),
+                function: "certificate",
+                detail: format!("the given certificate is not DER X.509: {e}"),
+            })?;
+        let mut key = None;
+        for k in store.list()? {
+            let same = store.public_key_spki(&k).ok().as_deref() == Some(&spki[..]);
+            if k.algorithm.is_signing() && same {
+                key = Some(k);
+                break;
+            }
+        }
+        let key = key.ok_or_else(|| CardError::NoKey {
+            token: token.to_owned(),
+        })?;
+        scheme_for(key.algorithm)?;
+        Ok(Card {
+            store,
+            key,
+            cert_der,
+            token: token.to_owned(),
+        })
+    }
+
+    fn from_token_certificate(
+        store: Arc<Pkcs11Store>,
+        module: &Path,
+        token: &str,
+    ) -> Result<Card, CardError> {
+        let selector = TokenSelector::Label(token.to_owned());
         let ctx = qsi_hsm::pkcs11::shared_context(module)?;
         let slot = qsi_hsm::pkcs11::find_slot(module, &selector)?;
         let session = ctx

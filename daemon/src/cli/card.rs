@@ -24,6 +24,10 @@ pub struct CardArgs {
     /// File holding the PIN (otherwise it is asked on the terminal, without echo)
     #[arg(long)]
     pub pin_file: Option<PathBuf>,
+    /// The card's certificate (PEM or DER), when the card holds only the key (as `qsi ca issue --out`
+    /// leaves it); by default the certificate is read from the card
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
     /// Local audit log of failed card unlocks (JSON lines, hash-chained)
     #[arg(long, env = "QSI_LOGIN_AUDIT", default_value = "qsi-login-audit.jsonl")]
     pub audit_log: PathBuf,
@@ -76,7 +80,25 @@ impl CardArgs {
                 .with_context(|| format!("reading the PIN from {}", f.display()))?,
             None => ask_pin(&format!("PIN for card {:?}: ", self.token))?,
         };
-        match Card::open(&self.pkcs11_module, &self.token, pin) {
+        let opened = match &self.cert {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read --cert {}", path.display()))?;
+                let der = if bytes.starts_with(b"-----") {
+                    rustls_pemfile::certs(&mut bytes.as_slice())
+                        .next()
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{} holds no PEM certificate", path.display())
+                        })??
+                        .to_vec()
+                } else {
+                    bytes
+                };
+                Card::open_with_certificate(&self.pkcs11_module, &self.token, pin, der)
+            }
+            None => Card::open(&self.pkcs11_module, &self.token, pin),
+        };
+        match opened {
             Ok(c) => Ok(c),
             Err(e) => {
                 if let CardError::Hsm(
