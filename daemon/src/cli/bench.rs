@@ -18,6 +18,8 @@ pub enum Command {
     /// KMS: keys/s and p50/p99 to 32 local SAE clients over ETSI 014 with mutual TLS, durable; peer: a KME
     /// directly; in-process handover latency
     Kms(super::bench_kms::Args),
+    /// Certificates/s (SoftHSM2 P-384 and ML-DSA-65 CA keys) and OCSP responses/s beside OpenSSL
+    Ca(super::bench_ca::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -28,5 +30,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Pki(args) => super::bench_pki::run(args),
         Command::Login(args) => super::bench_login::run(args),
         Command::Kms(args) => super::bench_kms::run(args),
+        Command::Ca(args) => super::bench_ca::run(args),
     }
 }

@@ -139,6 +139,27 @@ async fn admin_conn(s: Arc<Shared>, stream: tokio::net::UnixStream, owner: u32) 
     Ok(())
 }
 
+/// The HTTP routes of a CA (OCSP, CRL, .p7c); the CRL is signed once here and re-signed by
+/// [`run`]'s refresher. Used by `serve` and by `qsi bench ca`.
+pub fn router(ca: Authority, dir: PathBuf) -> Result<Router> {
+    let shared = Arc::new(Shared {
+        ca,
+        crl: RwLock::new(Vec::new()),
+        dir: dir.clone(),
+    });
+    refresh_crl(&shared, &dir)?;
+    Ok(routes(shared))
+}
+
+fn routes(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*req}", get(ocsp_get))
+        .route("/crl/{file}", get(crl_get))
+        .route("/p7c/{file}", get(p7c_get))
+        .with_state(shared)
+}
+
 /// Runs the service until interrupted.
 pub fn run(dir: PathBuf, listen: Option<String>, crl_validity_secs: u64) -> Result<()> {
     let dir =
@@ -165,12 +186,7 @@ pub fn run(dir: PathBuf, listen: Option<String>, crl_validity_secs: u64) -> Resu
     refresh_crl(&shared, &dir)?;
     let owner = std::fs::metadata(&dir)?.uid();
     super::block_on(async move {
-        let app = Router::new()
-            .route("/ocsp", post(ocsp_post))
-            .route("/ocsp/{*req}", get(ocsp_get))
-            .route("/crl/{file}", get(crl_get))
-            .route("/p7c/{file}", get(p7c_get))
-            .with_state(shared.clone());
+        let app = routes(shared.clone());
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| {

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod bench;
+pub mod bench_ca;
 pub mod bench_hsm;
 pub mod bench_kms;
 pub mod bench_login;
