@@ -68,7 +68,11 @@ fn openssl(args: &[&str], dir: &Path) -> Result<()> {
         .output()
         .context("running openssl (apt-get install openssl)")?;
     if !o.status.success() {
-        bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     Ok(())
 }
@@ -96,8 +100,15 @@ fn make_ca(store: Arc<dyn KeyStore>, alg: SigAlg, label: &str) -> Result<Ca> {
     )
     .map_err(|e| anyhow!("{e}"))?;
     let db = CaDb::open(&dir.path().join("ca.redb")).map_err(|e| anyhow!("{e}"))?;
-    let authority = Authority::new("bench".into(), cert, vec![], Box::new(signer), db, publication)
-        .map_err(|e| anyhow!("{e}"))?;
+    let authority = Authority::new(
+        "bench".into(),
+        cert,
+        vec![],
+        Box::new(signer),
+        db,
+        publication,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     Ok(Ca {
         authority: Arc::new(authority),
         _dir: dir,
@@ -123,8 +134,27 @@ fn openssl_issue_rate(dir: &Path, d: Duration) -> Result<f64> {
     rate(d, |i| {
         let serial = format!("0x{:x}", 0x4000_0000_0000u64 + i);
         openssl(
-            &["x509", "-req", "-in", "ee.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", &serial,
-              "-days", "365", "-sha384", "-extfile", "ext.cnf", "-extensions", "ee", "-out", "ee.pem"],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "ee.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &serial,
+                "-days",
+                "365",
+                "-sha384",
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                "ee",
+                "-out",
+                "ee.pem",
+            ],
             dir,
         )
     })
@@ -145,7 +175,10 @@ fn post_ocsp(port: u16, body: &[u8]) -> Result<()> {
     s.read_to_end(&mut buf)?;
     let ok = buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200");
     if !ok || buf.len() < 100 {
-        bail!("OCSP responder answered {:?}", String::from_utf8_lossy(&buf[..buf.len().min(40)]));
+        bail!(
+            "OCSP responder answered {:?}",
+            String::from_utf8_lossy(&buf[..buf.len().min(40)])
+        );
     }
     Ok(())
 }
@@ -162,13 +195,16 @@ fn wait_port(port: u16) -> Result<()> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
     if std::env::var_os("SOFTHSM2_CONF").is_none() && std::env::var_os(CHILD_MARK).is_none() {
-        let dir: PathBuf = std::env::temp_dir().join(format!("qsi-bench-ca-{}", std::process::id()));
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("qsi-bench-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let status = Command::new(std::env::current_exe()?)
             .args(std::env::args_os().skip(1))
@@ -181,14 +217,19 @@ pub fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let (rounds, per) = if args.quick { (1, Duration::from_millis(300)) } else { (5, Duration::from_secs(3)) };
+    let (rounds, per) = if args.quick {
+        (1, Duration::from_millis(300))
+    } else {
+        (5, Duration::from_secs(3))
+    };
     let token = SoftHsmToken::create("bench-ca")
         .context("creating a SoftHSM2 token (apt-get install softhsm2)")?;
     let store: Arc<dyn KeyStore> = Arc::new(token.open()?);
 
     // The subscriber's request (P-256), shared by both issuers.
     let ee_key = SoftSigner::generate(SigAlg::EcdsaP256Sha256).map_err(|e| anyhow!("{e}"))?;
-    let csr_der = csr::build(&ee_key, "CN=bench,O=QSI,C=US".parse()?, vec![]).map_err(|e| anyhow!("{e}"))?;
+    let csr_der =
+        csr::build(&ee_key, "CN=bench,O=QSI,C=US".parse()?, vec![]).map_err(|e| anyhow!("{e}"))?;
     let csr_hex = hex::encode(&csr_der);
 
     let p384 = make_ca(store.clone(), SigAlg::EcdsaP384Sha384, "bench-ca-p384")?;
@@ -197,7 +238,11 @@ pub fn run(args: Args) -> Result<()> {
     // OpenSSL's CA: a P-384 key file, the same kind of extensions.
     let work = tempfile::tempdir()?;
     let w = work.path();
-    std::fs::write(w.join("ee.csr"), der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &csr_der).map_err(|e| anyhow!("{e}"))?)?;
+    std::fs::write(
+        w.join("ee.csr"),
+        der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &csr_der)
+            .map_err(|e| anyhow!("{e}"))?,
+    )?;
     std::fs::write(
         w.join("ext.cnf"),
         "[ee]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n\
@@ -205,28 +250,105 @@ pub fn run(args: Args) -> Result<()> {
          crlDistributionPoints=URI:http://127.0.0.1/crl/bench.crl\n\
          authorityInfoAccess=OCSP;URI:http://127.0.0.1/ocsp,caIssuers;URI:http://127.0.0.1/p7c/bench.p7c\n",
     )?;
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "ca.key"], w)?;
-    openssl(&["req", "-new", "-x509", "-key", "ca.key", "-subj", "/CN=OpenSSL Bench CA", "-days", "365", "-out", "ca.pem"], w)?;
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+            "ca.key",
+        ],
+        w,
+    )?;
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=OpenSSL Bench CA",
+            "-days",
+            "365",
+            "-out",
+            "ca.pem",
+        ],
+        w,
+    )?;
 
     let (mut ours_p384, mut ours_mldsa, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        tracing::info!(round, "issuance: qsi P-384");
+        tracing::debug!(round, "issuance: qsi P-384");
         ours_p384.push(issue_rate(&p384, &csr_hex, per, round)?);
-        tracing::info!(round, "issuance: openssl x509 -req");
+        tracing::debug!(round, "issuance: openssl x509 -req");
         theirs.push(openssl_issue_rate(w, per)?);
-        tracing::info!(round, "issuance: qsi ML-DSA-65");
+        tracing::debug!(round, "issuance: qsi ML-DSA-65");
         ours_mldsa.push(issue_rate(&mldsa, &csr_hex, per, round)?);
     }
 
     // OCSP: our router and `openssl ocsp -port`, same request, same client.
     let issued = p384.authority.list().map_err(|e| anyhow!("{e}"))?;
-    let first = issued.first().ok_or_else(|| anyhow!("nothing issued"))?.0.der().map_err(|e| anyhow!("{e}"))?;
+    let first = issued
+        .first()
+        .ok_or_else(|| anyhow!("nothing issued"))?
+        .0
+        .der()
+        .map_err(|e| anyhow!("{e}"))?;
     std::fs::write(w.join("ee.der"), &first)?;
     std::fs::write(w.join("ourca.der"), p384.authority.cert.to_der()?)?;
-    openssl(&["x509", "-inform", "DER", "-in", "ourca.der", "-out", "ourca.pem"], w)?;
-    openssl(&["x509", "-inform", "DER", "-in", "ee.der", "-out", "ee-ours.pem"], w)?;
-    openssl(&["ocsp", "-issuer", "ourca.pem", "-cert", "ee-ours.pem", "-no_nonce", "-reqout", "req-ours.der"], w)?;
-    openssl(&["ocsp", "-issuer", "ca.pem", "-cert", "ee.pem", "-no_nonce", "-reqout", "req-openssl.der"], w)?;
+    openssl(
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            "ourca.der",
+            "-out",
+            "ourca.pem",
+        ],
+        w,
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            "ee.der",
+            "-out",
+            "ee-ours.pem",
+        ],
+        w,
+    )?;
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "ourca.pem",
+            "-cert",
+            "ee-ours.pem",
+            "-no_nonce",
+            "-reqout",
+            "req-ours.der",
+        ],
+        w,
+    )?;
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "ca.pem",
+            "-cert",
+            "ee.pem",
+            "-no_nonce",
+            "-reqout",
+            "req-openssl.der",
+        ],
+        w,
+    )?;
     std::fs::write(w.join("index.txt"), "")?;
     let ours_req = std::fs::read(w.join("req-ours.der"))?;
     let their_req = std::fs::read(w.join("req-openssl.der"))?;
@@ -238,13 +360,26 @@ pub fn run(args: Args) -> Result<()> {
         Arc::try_unwrap(p384.authority).map_err(|_| anyhow!("authority still shared"))?,
         w.to_path_buf(),
     )?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", our_port)))?;
     rt.spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
     let mut openssl_ocsp = Command::new("openssl")
-        .args(["ocsp", "-index", "index.txt", "-CA", "ca.pem", "-rsigner", "ca.pem", "-rkey", "ca.key", "-port"])
+        .args([
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-CA",
+            "ca.pem",
+            "-rsigner",
+            "ca.pem",
+            "-rkey",
+            "ca.key",
+            "-port",
+        ])
         .arg(their_port.to_string())
         .current_dir(w)
         .stdout(std::process::Stdio::null())
@@ -264,9 +399,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         let (mut o, mut t) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            tracing::info!("OCSP: qsi");
+            tracing::debug!("OCSP: qsi");
             o.push(rate(per, |_| post_ocsp(our_port, &ours_req))?);
-            tracing::info!("OCSP: openssl");
+            tracing::debug!("OCSP: openssl");
             t.push(rate(per, |_| post_ocsp(their_port, &their_req))?);
         }
         Ok((o, t))
@@ -277,7 +412,11 @@ pub fn run(args: Args) -> Result<()> {
     drop(rt);
     drop(mldsa);
 
-    let (a, b, c) = (median(&mut ours_p384), median(&mut theirs), median(&mut ours_mldsa));
+    let (a, b, c) = (
+        median(&mut ours_p384),
+        median(&mut theirs),
+        median(&mut ours_mldsa),
+    );
     let (d, e) = (median(&mut ocsp_ours), median(&mut ocsp_theirs));
     let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
     if args.json {
@@ -292,11 +431,29 @@ pub fn run(args: Args) -> Result<()> {
             })
         );
     } else {
-        println!("qsi bench ca ({rounds} rounds of {:.1} s, medians)", per.as_secs_f64());
+        println!(
+            "qsi bench ca ({rounds} rounds of {:.1} s, medians)",
+            per.as_secs_f64()
+        );
         println!("{:<44} {:>12} {:>14} {:>8}", "", "qsi", "openssl", "ratio");
-        println!("{:<44} {:>12.0} {:>14.0} {:>8.2}", "certificates/s, CA key P-384 (SoftHSM2)", a, b, ratio(a, b));
-        println!("{:<44} {:>12.0} {:>14} {:>8}", "certificates/s, CA key ML-DSA-65 (sealed)", c, "n/a (3.0)", "-");
-        println!("{:<44} {:>12.0} {:>14.0} {:>8.2}", "OCSP responses/s over HTTP (P-384)", d, e, ratio(d, e));
+        println!(
+            "{:<44} {:>12.0} {:>14.0} {:>8.2}",
+            "certificates/s, CA key P-384 (SoftHSM2)",
+            a,
+            b,
+            ratio(a, b)
+        );
+        println!(
+            "{:<44} {:>12.0} {:>14} {:>8}",
+            "certificates/s, CA key ML-DSA-65 (sealed)", c, "n/a (3.0)", "-"
+        );
+        println!(
+            "{:<44} {:>12.0} {:>14.0} {:>8.2}",
+            "OCSP responses/s over HTTP (P-384)",
+            d,
+            e,
+            ratio(d, e)
+        );
     }
     Ok(())
 }
