@@ -1,6 +1,6 @@
 //! A smart card (PIV or PIV-I) seen through PKCS#11: SoftHSM2 tokens in tests, OpenSC with a reader in
 //! production. The PIV Authentication key signs on the card through the [`qsi_hsm::KeyStore`] seam and
-//! never leaves it; [`CardSigningKey`] makes it a rustls client key, and the same key signs clearance
+//! never leaves it; `qsi_hsm::HsmSigningKey` makes it a rustls client key, and the same key signs clearance
 //! assignments. The certificate is read from the card (a `CKO_CERTIFICATE` object with the key's
 //! `CKA_ID`), as a PIV middleware exposes it.
 
@@ -186,12 +186,14 @@ impl Card {
         })
     }
 
-    /// The rustls client key backed by this card.
-    pub fn signing_key(&self) -> Arc<dyn rustls::sign::SigningKey> {
-        Arc::new(CardSigningKey {
-            store: self.store.clone(),
-            key: self.key.clone(),
-        })
+    /// The rustls client key backed by this card (`qsi_hsm::HsmSigningKey`: every TLS 1.3
+    /// CertificateVerify is signed by the token with `C_Sign`).
+    pub fn signing_key(&self) -> Result<Arc<dyn rustls::sign::SigningKey>, CardError> {
+        let store: Arc<dyn KeyStore> = self.store.clone();
+        Ok(Arc::new(qsi_hsm::HsmSigningKey::new(
+            store,
+            self.key.clone(),
+        )?))
     }
 
     /// The card key's algorithm.
@@ -223,62 +225,6 @@ fn scheme_for(alg: KeyAlgorithm) -> Result<(Tls, qsi_hsm::SignatureScheme), Card
         KeyAlgorithm::EcP384 => Ok((Tls::ECDSA_NISTP384_SHA384, H::EcdsaP384Sha384)),
         KeyAlgorithm::Rsa3072 => Ok((Tls::RSA_PSS_SHA256, H::RsaPssSha256)),
         other => Err(CardError::UnsupportedKey(other.name().to_owned())),
-    }
-}
-
-/// A rustls signing key whose private half stays on the card: every TLS 1.3 CertificateVerify is signed
-/// by the token (`C_Sign`).
-#[derive(Debug)]
-pub struct CardSigningKey {
-    store: Arc<dyn KeyStore>,
-    key: KeyInfo,
-}
-
-impl CardSigningKey {
-    /// A signing key over any key of a [`KeyStore`].
-    pub fn new(store: Arc<dyn KeyStore>, key: KeyInfo) -> Self {
-        CardSigningKey { store, key }
-    }
-}
-
-impl rustls::sign::SigningKey for CardSigningKey {
-    fn choose_scheme(&self, offered: &[Tls]) -> Option<Box<dyn rustls::sign::Signer>> {
-        let (tls, hsm) = scheme_for(self.key.algorithm).ok()?;
-        offered.contains(&tls).then(|| {
-            Box::new(CardSigner {
-                store: self.store.clone(),
-                key: self.key.clone(),
-                tls,
-                hsm,
-            }) as Box<dyn rustls::sign::Signer>
-        })
-    }
-
-    fn algorithm(&self) -> rustls::SignatureAlgorithm {
-        match self.key.algorithm {
-            KeyAlgorithm::Rsa3072 => rustls::SignatureAlgorithm::RSA,
-            _ => rustls::SignatureAlgorithm::ECDSA,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct CardSigner {
-    store: Arc<dyn KeyStore>,
-    key: KeyInfo,
-    tls: Tls,
-    hsm: qsi_hsm::SignatureScheme,
-}
-
-impl rustls::sign::Signer for CardSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        self.store
-            .sign_with(&self.key, self.hsm, message)
-            .map_err(|e| rustls::Error::General(format!("the card could not sign: {e}")))
-    }
-
-    fn scheme(&self) -> Tls {
-        self.tls
     }
 }
 

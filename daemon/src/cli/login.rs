@@ -54,7 +54,7 @@ async fn login(args: Args) -> anyhow::Result<()> {
     let config = crate::portal::tls::client_config(
         &anchors,
         vec![CertificateDer::from(card.cert_der.clone())],
-        card.signing_key(),
+        card.signing_key()?,
     )?;
     let mut client =
         PortalClient::connect(args.portal, &args.server_name, Arc::new(config)).await?;

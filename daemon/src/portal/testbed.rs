@@ -291,7 +291,7 @@ impl Testbed {
         Ok(Arc::new(super::tls::client_config(
             &[CertificateDer::from(self.ca.cert_der.clone())],
             vec![CertificateDer::from(card.cert_der.clone())],
-            card.signing_key(),
+            card.signing_key()?,
         )?))
     }
 
