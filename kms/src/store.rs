@@ -330,6 +330,7 @@ impl Default for StoreOptions {
 
 /// The key store: a redb file and its writer thread.
 pub struct Store {
+    stats: Arc<CommitStats>,
     db: Arc<Database>,
     kek: Arc<dyn Kek>,
     tx: Option<mpsc::Sender<Job>>,
@@ -460,7 +461,21 @@ fn info_of(m: &ManagedRecord) -> ManagedInfo {
     }
 }
 
+/// Group-commit counters (for `qsi bench kms` and status).
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Commits.
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Operations committed.
+    pub ops: std::sync::atomic::AtomicU64,
+    /// Time spent committing (apply + fsync), microseconds.
+    pub commit_us: std::sync::atomic::AtomicU64,
+    /// Longest commit, microseconds.
+    pub max_commit_us: std::sync::atomic::AtomicU64,
+}
+
 struct Writer {
+    stats: Arc<CommitStats>,
     db: Arc<Database>,
     kek: Arc<dyn Kek>,
     signer: Arc<dyn CheckpointSigner>,
@@ -485,11 +500,20 @@ impl Writer {
             let (ops, replies): (Vec<Op>, Vec<Replier>) =
                 jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
             let result = self.commit_group(ops);
-            tracing::trace!(
-                group,
-                commit_us = t0.elapsed().as_micros() as u64,
-                "group commit"
-            );
+            let us = t0.elapsed().as_micros() as u64;
+            self.stats
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .ops
+                .fetch_add(group as u64, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .commit_us
+                .fetch_add(us, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .max_commit_us
+                .fetch_max(us, std::sync::atomic::Ordering::Relaxed);
+            tracing::trace!(group, commit_us = us, "group commit");
             match result {
                 Ok(outs) => {
                     for (r, o) in replies.into_iter().zip(outs) {
@@ -664,22 +688,17 @@ impl Writer {
                 Ok(Out::Done)
             }
             Op::Deliver { key_ids, consumer } => {
-                // all or nothing: check every ID before changing anything
+                // all or nothing: read every record before changing anything
+                let mut recs = Vec::with_capacity(key_ids.len());
                 for id in &key_ids {
-                    if t.live.get(id.as_str()).map_err(db_err)?.is_none() {
-                        return Err(KmsError::NotAvailable(id.clone()));
+                    match t.live.get(id.as_str()).map_err(db_err)? {
+                        Some(v) => recs.push(dec::<LiveRecord>("live key", v.value())?),
+                        None => return Err(KmsError::NotAvailable(id.clone())),
                     }
                 }
-                for key_id in key_ids {
-                    let rec = t
-                        .live
-                        .remove(key_id.as_str())
-                        .map_err(db_err)?
-                        .map(|v| v.value().to_vec());
-                    let Some(bytes) = rec else {
-                        return Err(KmsError::NotAvailable(key_id));
-                    };
-                    let r: LiveRecord = dec("live key", &bytes)?;
+                let mut per_batch: BTreeMap<u64, (String, u32)> = BTreeMap::new();
+                for (key_id, r) in key_ids.into_iter().zip(recs) {
+                    t.live.remove(key_id.as_str()).map_err(db_err)?;
                     let spent = SpentRecord {
                         link: r.link.clone(),
                         batch: r.batch,
@@ -689,28 +708,27 @@ impl Writer {
                     t.spent
                         .insert(key_id.as_str(), enc(&spent)?.as_slice())
                         .map_err(db_err)?;
+                    per_batch
+                        .entry(r.batch)
+                        .or_insert_with(|| (r.link.clone(), 0))
+                        .1 += 1;
                     t.append(
                         &mut self.head,
                         now,
                         &AuditEvent::Delivered {
-                            link: r.link.clone(),
+                            link: r.link,
                             key_id,
                             consumer: consumer.clone(),
                         },
                     )?;
-                    let mut b = t.batch(r.batch)?;
-                    b.live = b.live.saturating_sub(1);
+                }
+                for (batch, (link, n)) in per_batch {
+                    let mut b = t.batch(batch)?;
+                    b.live = b.live.saturating_sub(n);
                     if b.live == 0 {
                         b.state = BatchState::Erased;
                         b.wrapped_dk = None;
-                        t.append(
-                            &mut self.head,
-                            now,
-                            &AuditEvent::Erased {
-                                link: r.link,
-                                batch: b.id,
-                            },
-                        )?;
+                        t.append(&mut self.head, now, &AuditEvent::Erased { link, batch })?;
                     }
                     t.put_batch(&b)?;
                 }
@@ -1109,7 +1127,9 @@ impl Store {
         }
         info!(path = %path.display(), live = loaded.keys.len(), written_off = loaded.written_off.len(), "key store open");
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(CommitStats::default());
         let w = Writer {
+            stats: stats.clone(),
             db: db.clone(),
             kek: kek.clone(),
             signer: signer.clone(),
@@ -1123,6 +1143,7 @@ impl Store {
             .map_err(|e| KmsError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         Ok((
             Self {
+                stats,
                 db,
                 kek,
                 tx: Some(tx),
@@ -1153,6 +1174,11 @@ impl Store {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(op, Replier::Async(tx))?;
         rx.await.map_err(|_| KmsError::Closed)?
+    }
+
+    /// Group-commit counters.
+    pub fn commit_stats(&self) -> &CommitStats {
+        &self.stats
     }
 
     /// The KEK (to seal answers before they are submitted).
