@@ -5,45 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod kms_common;
+
 use std::time::{Duration, Instant};
 
+use kms_common::{hsm_section, json, need_softhsm, qsi, sae, serve, stop};
 use qsi_hsm::SoftHsmToken;
-use qsi_kms::client::{ClientSettings, Etsi014Client};
 use qsi_kms::testkit::{TestKme, TestPki};
-
-fn qsi(cfg: &Path, token: &SoftHsmToken, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qsi"));
-    c.args(["kms"])
-        .args(args)
-        .args(["--config", cfg.to_str().unwrap()]);
-    for (k, v) in token.child_env() {
-        c.env(k, v);
-    }
-    c.env("QSI_TEST_KMS_PIN", token.user_pin.expose());
-    c.output().unwrap()
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "qsi failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qsi_kms_serve_with_softhsm2_and_operator_commands() {
-    assert!(
-        Command::new("softhsm2-util")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "softhsm2-util is missing: apt-get install softhsm2"
-    );
+    need_softhsm();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let pki = TestPki::create(dir).unwrap();
@@ -68,11 +40,7 @@ path = "kms.redb"
 checkpoint_every = 32
 [admin]
 socket = "kms.sock"
-[hsm]
-backend = "pkcs11"
-token = "{}"
-pin = "env:QSI_TEST_KMS_PIN"
-create_missing = true
+{}
 [server]
 listen = "127.0.0.1:0"
 cert = "kms.pem"
@@ -96,37 +64,13 @@ batch = 16
 remote_saes = ["app-b"]
 local_saes = ["app-a"]
 "#,
-            token.label,
+            hsm_section(&token),
             kme.url()
         ),
     )
     .unwrap();
 
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_qsi"));
-    serve.args(["kms", "serve", "--config", cfg.to_str().unwrap()]);
-    for (k, v) in token.child_env() {
-        serve.env(k, v);
-    }
-    let mut child = serve
-        .env("QSI_TEST_KMS_PIN", token.user_pin.expose())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let url = loop {
-        let l = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("qsi kms serve did not start");
-        if let Some(u) = l.strip_prefix("qsi kms: ETSI 014 server on ") {
-            break u.to_string();
-        }
-    };
+    let (child, url) = serve(&cfg, &token);
     let t0 = Instant::now();
     let status = loop {
         let out = qsi(&cfg, &token, &["status", "--json"]);
@@ -151,18 +95,13 @@ local_saes = ["app-a"]
     );
 
     // a local SAE takes keys over ETSI 014 with mutual TLS
-    let app = Etsi014Client::new(ClientSettings {
-        kme_url: url,
-        server_name: Some("localhost".into()),
-        peer_sae_id: "app-b".into(),
-        timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        retries: 0,
-        backoff: Duration::from_millis(10),
-        tls: qsi_kms::tls::client_config(&pki.ca(), &dir.join("app-a.pem"), &dir.join("app-a.key"))
-            .unwrap(),
-    })
-    .unwrap();
+    let app = sae(
+        &url,
+        "app-b",
+        &pki.ca(),
+        &dir.join("app-a.pem"),
+        &dir.join("app-a.key"),
+    );
     let keys = app.get_keys(3, 256).await.unwrap();
     for (id, k) in &keys {
         assert_eq!(
@@ -215,13 +154,7 @@ local_saes = ["app-a"]
     );
 
     // SIGTERM: clean stop, final checkpoint
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let st = child.wait().unwrap();
-    assert!(st.success(), "qsi kms serve exited with {st:?}");
+    stop(child);
     let off = json(&qsi(
         &cfg,
         &token,
