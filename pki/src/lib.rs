@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 pub mod ca;
+pub mod chuid;
 pub mod fascn;
 pub mod path;
 pub mod profiles;

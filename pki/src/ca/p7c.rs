@@ -2,7 +2,7 @@
 //! at AIA caIssuers and SIA caRepository URLs.
 
 /// DER TLV with definite length.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     let len = content.len();
     if len < 0x80 {
