@@ -114,7 +114,7 @@ pub fn signed_data(
         a.extend(tlv(0x31, &value));
         tlv(0x30, &a)
     };
-    let mut attrs = vec![
+    let mut attrs = [
         attr(&ID_CONTENT_TYPE, ID_PIV_CHUID.to_vec()),
         attr(&ID_MESSAGE_DIGEST, tlv(0x04, md.as_ref())),
     ];
