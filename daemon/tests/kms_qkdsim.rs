@@ -107,17 +107,11 @@ sae = [{ id = "sae-b", cert = "sae-b.pem" }]
     Sim { child, alice, bob }
 }
 
-fn site(
-    dir: &Path,
-    token: &SoftHsmToken,
-    name: &str,
-    role: &str,
-    kme: SocketAddr,
-    me: &str,
-    peer_sae: &str,
-    app: &str,
-    peer_app: &str,
-) -> PathBuf {
+/// One site's names: (site, role, its SAE at the KME, the peer SAE, its application, the peer's).
+struct Names<'a>(&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+
+fn site(dir: &Path, token: &SoftHsmToken, kme: SocketAddr, n: Names<'_>) -> PathBuf {
+    let Names(name, role, me, peer_sae, app, peer_app) = n;
     let cfg = dir.join(format!("kms-{name}.toml"));
     std::fs::write(
         &cfg,
@@ -181,10 +175,16 @@ async fn two_kms_services_share_qkd_keys_from_qkd_sim() {
         SoftHsmToken::create("kms-b").unwrap(),
     );
     let cfg_a = site(
-        dir, &ta, "a", "master", sim.alice, "sae-a", "sae-b", "app-a", "app-b",
+        dir,
+        &ta,
+        sim.alice,
+        Names("a", "master", "sae-a", "sae-b", "app-a", "app-b"),
     );
     let cfg_b = site(
-        dir, &tb, "b", "slave", sim.bob, "sae-b", "sae-a", "app-b", "app-a",
+        dir,
+        &tb,
+        sim.bob,
+        Names("b", "slave", "sae-b", "sae-a", "app-b", "app-a"),
     );
     let (child_a, url_a) = serve(&cfg_a, &ta);
     let (child_b, url_b) = serve(&cfg_b, &tb);
