@@ -217,6 +217,42 @@ pub fn pair(dir: &Path, transport: &str) -> anyhow::Result<(SiteToml, SiteToml)>
     ))
 }
 
+/// Carries TCP service `name` from a listener on `from` (at `listen`) to `target` behind `to`.
+pub fn carry(
+    from: &mut SiteToml,
+    to: &mut SiteToml,
+    name: &str,
+    listen: SocketAddr,
+    target: SocketAddr,
+) {
+    from.forwards
+        .push((name.into(), to.site.clone(), listen, "tcp".into()));
+    to.exposes
+        .push((name.into(), from.site.clone(), target, "tcp".into()));
+}
+
+/// Writes both configs into `dir`, starts B then A, and waits until A reports its peer connected.
+pub fn start_pair(
+    launcher: &Launcher,
+    dir: &Path,
+    a: &SiteToml,
+    b: &SiteToml,
+) -> anyhow::Result<(Qsid, Qsid)> {
+    let qb = Qsid::launch(launcher, &b.write(dir)?)?;
+    let qa = Qsid::launch(launcher, &a.write(dir)?)?;
+    let sock = a.admin.clone().context("site A has no admin socket")?;
+    if !wait_until(Duration::from_secs(15), || all_connected(&sock)) {
+        bail!(
+            "the tunnel {} -> {} did not come up; log of {}:\n{}",
+            a.site,
+            b.site,
+            a.site,
+            qa.log_tail()
+        );
+    }
+    Ok((qa, qb))
+}
+
 /// A running `qsid` (killed on drop). Its log goes to `<config>.log`.
 pub struct Qsid {
     child: Child,

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::testbed::{self, Qsid};
+use crate::testbed;
 
 /// Options of `qsi bench tunnel`.
 #[derive(clap::Args)]
@@ -100,20 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(&sub)?;
         let (mut a, mut b) = testbed::pair(&sub, transport)?;
         let (bulk_l, setup_l) = (testbed::free_addr()?, testbed::free_addr()?);
-        a.forwards
-            .push(("sink".into(), "site-b".into(), bulk_l, "tcp".into()));
-        a.forwards
-            .push(("echo".into(), "site-b".into(), setup_l, "tcp".into()));
-        b.exposes
-            .push(("sink".into(), "site-a".into(), sink, "tcp".into()));
-        b.exposes
-            .push(("echo".into(), "site-a".into(), echo, "tcp".into()));
-        let qb = Qsid::launch(&qsid, &b.write(&sub)?)?;
-        let qa = Qsid::launch(&qsid, &a.write(&sub)?)?;
-        let sock = a.admin.clone().context("admin socket")?;
-        if !testbed::wait_until(Duration::from_secs(15), || testbed::all_connected(&sock)) {
-            bail!("qsid over {transport} did not come up:\n{}", qa.log_tail());
-        }
+        testbed::carry(&mut a, &mut b, "sink", bulk_l, sink);
+        testbed::carry(&mut a, &mut b, "echo", setup_l, echo);
+        let (qa, qb) = testbed::start_pair(&qsid, &sub, &a, &b)?;
         let server = if transport == "tls" { b.tls } else { b.quic }.context("listener")?;
         let target = if transport == "tls" {
             HandshakeTarget::QsidTls(sub.clone())

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::KxGroup;
-use crate::testbed::{self, Qsid};
+use crate::testbed;
 
 /// Options of `qsi demo`.
 #[derive(clap::Args)]
@@ -61,24 +61,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let svc_a = rt.block_on(service("site-a"))?;
         let svc_b = rt.block_on(service("site-b"))?;
         let (a_to_b, b_to_a) = (testbed::free_addr()?, testbed::free_addr()?);
-        a.forwards
-            .push(("hello".into(), "site-b".into(), a_to_b, "tcp".into()));
-        b.exposes
-            .push(("hello".into(), "site-a".into(), svc_b, "tcp".into()));
-        b.forwards
-            .push(("hello".into(), "site-a".into(), b_to_a, "tcp".into()));
-        a.exposes
-            .push(("hello".into(), "site-b".into(), svc_a, "tcp".into()));
-        let qb = Qsid::launch(&qsid, &b.write(&sub)?)?;
-        let qa = Qsid::launch(&qsid, &a.write(&sub)?)?;
-        let sock_a = a.admin.clone().context("admin socket")?;
+        testbed::carry(&mut a, &mut b, "hello", a_to_b, svc_b);
+        testbed::carry(&mut b, &mut a, "hello", b_to_a, svc_a);
         let t = Instant::now();
-        if !testbed::wait_until(Duration::from_secs(15), || testbed::all_connected(&sock_a)) {
-            bail!(
-                "the {transport} tunnel did not come up; site A log:\n{}",
-                qa.log_tail()
-            );
-        }
+        let (qa, qb) = testbed::start_pair(&qsid, &sub, &a, &b)?;
+        let sock_a = a.admin.clone().context("admin socket")?;
         let up = t.elapsed();
         let peers = testbed::admin(&sock_a, "peers")?;
         let group = peers[0]["group"].as_str().unwrap_or("-").to_string();

@@ -650,21 +650,8 @@ impl Daemon {
                     else {
                         return;
                     };
-                    match control::greet(&mut r, &mut s, &site).await {
-                        Ok(peer_site) => check_site(&rt.cfg, &peer_site),
-                        Err(e) => {
-                            warn!(error = %e, "control greeting failed");
-                            return;
-                        }
-                    }
-                    rt.set_status(|st| st.control_up = true);
-                    let reason = tokio::select! {
-                        e = control::run(r, s) => e.to_string(),
-                        _ = rt.cancel.cancelled() => "peer stopped by configuration".into(),
-                    };
-                    rt.set_status(|st| st.control_up = false);
+                    let reason = serve_control(&rt, &site, &mut r, &mut s).await;
                     conn.close(quinn::VarInt::from_u32(code::CLOSING), reason.as_bytes());
-                    info!(reason = %reason, "control connection ended");
                 }
                 .instrument(span)
                 .await
@@ -859,20 +846,7 @@ impl Daemon {
                 let site = self.site();
                 async move {
                     let (mut r, mut w) = tokio::io::split(tls);
-                    match control::greet(&mut r, &mut w, &site).await {
-                        Ok(peer_site) => check_site(&rt.cfg, &peer_site),
-                        Err(e) => {
-                            warn!(error = %e, "control greeting failed");
-                            return;
-                        }
-                    }
-                    rt.set_status(|st| st.control_up = true);
-                    let reason = tokio::select! {
-                        e = control::run(r, w) => e.to_string(),
-                        _ = rt.cancel.cancelled() => "peer stopped by configuration".into(),
-                    };
-                    rt.set_status(|st| st.control_up = false);
-                    info!(reason = %reason, "control connection ended");
+                    serve_control(&rt, &site, &mut r, &mut w).await;
                 }
                 .instrument(span)
                 .await
@@ -1199,6 +1173,30 @@ impl Daemon {
             b"qsid shutting down",
         );
     }
+}
+
+/// The acceptor's side of a control connection: greeting, then heartbeats until it ends. Returns why.
+/// (Issue 9 handles the key-ID announcements here.)
+async fn serve_control<R, W>(rt: &PeerRuntime, site: &str, r: &mut R, w: &mut W) -> String
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send,
+{
+    match control::greet(r, w, site).await {
+        Ok(peer_site) => check_site(&rt.cfg, &peer_site),
+        Err(e) => {
+            warn!(error = %e, "control greeting failed");
+            return format!("control greeting failed: {e}");
+        }
+    }
+    rt.set_status(|st| st.control_up = true);
+    let reason = tokio::select! {
+        e = control::run(r, w) => e.to_string(),
+        _ = rt.cancel.cancelled() => "peer stopped by configuration".into(),
+    };
+    rt.set_status(|st| st.control_up = false);
+    info!(reason = %reason, "control connection ended");
+    reason
 }
 
 fn check_site(peer: &PeerConfig, said: &str) {
