@@ -113,7 +113,7 @@ fn default_post() -> PostProcessing {
         finite_key: false,
         finite_key_sigmas: 5.0,
         pa_security_bits: 64.0,
-        cascade_passes: 6,
+        cascade_passes: 4,
         preshared_auth_bits: 8192,
     }
 }

@@ -53,10 +53,14 @@ type Plans = (
     Arc<dyn ComplexToReal<f64>>,
 );
 
-/// Hashes with cached FFT plans.
+/// Hashes with cached FFT plans and buffers (a fresh 16 MB buffer per call costs as much as a transform).
 pub struct Toeplitz {
     planner: RealFftPlanner<f64>,
     plans: Option<Plans>,
+    buf: Vec<f64>,
+    xs: Vec<Complex<f64>>,
+    ts: Vec<Complex<f64>>,
+    scratch: Vec<Complex<f64>>,
 }
 
 impl Default for Toeplitz {
@@ -65,11 +69,15 @@ impl Default for Toeplitz {
     }
 }
 
-/// The smallest length of the form 2^a or 3 * 2^a that is at least `m`.
+/// The smallest even length of the form 2^a, 3 * 2^a, 5 * 2^a or 7 * 2^a (fast FFT sizes) that is at
+/// least `m`.
 fn fft_len(m: usize) -> usize {
-    let p = m.next_power_of_two().max(2);
-    let t = (p / 4) * 3;
-    if t >= m && t % 2 == 0 { t } else { p }
+    let p = m.next_power_of_two().max(4);
+    [p, p / 8 * 5, p / 4 * 3, p / 8 * 7]
+        .into_iter()
+        .filter(|&c| c >= m && c % 2 == 0)
+        .min()
+        .unwrap_or(p)
 }
 
 impl Toeplitz {
@@ -79,6 +87,10 @@ impl Toeplitz {
         Self {
             planner: RealFftPlanner::new(),
             plans: None,
+            buf: Vec::new(),
+            xs: Vec::new(),
+            ts: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -114,32 +126,36 @@ impl Toeplitz {
                 (f, i)
             }
         };
-        let mut buf = vec![0f64; m];
-        spread(x, &mut buf);
-        let mut xs = fwd.make_output_vec();
-        let mut scratch = fwd.make_scratch_vec();
-        fwd.process_with_scratch(&mut buf, &mut xs, &mut scratch)
-            .map_err(|e| ToeplitzError::Fft(e.to_string()))?;
-        buf.fill(0.0);
-        spread(seed, &mut buf);
-        let mut ts = fwd.make_output_vec();
-        fwd.process_with_scratch(&mut buf, &mut ts, &mut scratch)
-            .map_err(|e| ToeplitzError::Fft(e.to_string()))?;
-        for (a, b) in xs.iter_mut().zip(&ts) {
+        let spectrum = m / 2 + 1;
+        let scratch_len = fwd.get_scratch_len().max(inv.get_scratch_len());
+        self.buf.clear();
+        self.buf.resize(m, 0.0);
+        self.xs.resize(spectrum, Complex::default());
+        self.ts.resize(spectrum, Complex::default());
+        self.scratch.resize(scratch_len, Complex::default());
+        let fft_err = |e: realfft::FftError| ToeplitzError::Fft(e.to_string());
+        spread(x, &mut self.buf);
+        fwd.process_with_scratch(&mut self.buf, &mut self.xs, &mut self.scratch)
+            .map_err(fft_err)?;
+        self.buf.fill(0.0);
+        spread(seed, &mut self.buf);
+        fwd.process_with_scratch(&mut self.buf, &mut self.ts, &mut self.scratch)
+            .map_err(fft_err)?;
+        for (a, b) in self.xs.iter_mut().zip(&self.ts) {
             *a *= *b;
         }
         // The DC and Nyquist bins of a real signal's spectrum are real; clear rounding noise in them.
-        if let Some(c) = xs.first_mut() {
+        if let Some(c) = self.xs.first_mut() {
             *c = Complex::new(c.re, 0.0);
         }
         if m % 2 == 0
-            && let Some(c) = xs.last_mut()
+            && let Some(c) = self.xs.last_mut()
         {
             *c = Complex::new(c.re, 0.0);
         }
-        let mut iscratch = inv.make_scratch_vec();
-        inv.process_with_scratch(&mut xs, &mut buf, &mut iscratch)
-            .map_err(|e| ToeplitzError::Fft(e.to_string()))?;
+        inv.process_with_scratch(&mut self.xs, &mut self.buf, &mut self.scratch)
+            .map_err(fft_err)?;
+        let buf = &self.buf;
         let scale = 1.0 / m as f64;
         let mut out = vec![0u64; l.div_ceil(64)];
         let mut worst = 0f64;
