@@ -28,10 +28,12 @@ async fn eve_stops_production_through_the_measured_qber() {
         "GYS misalignment alone: {v}"
     );
 
-    // A light attack (10% of pulses, about +2.5% QBER) stays under the 11% threshold: key flows on.
+    // A light attack (5% of pulses, about +1.2% QBER) stays under the 11% threshold: key flows on.
+    // (At 10% the QBER reaches 5.6% and GYS's secret fraction on 64-kbit blocks is within the decoy
+    // bound's statistical noise of zero, so blocks abort at random: a coin flip, not a test.)
     assert_eq!(
-        s.run(&["eve", "--fraction", "0.1"]).trim(),
-        "ok eve_fraction=0.1"
+        s.run(&["eve", "--fraction", "0.05"]).trim(),
+        "ok eve_fraction=0.05"
     );
     let blocks = v["blocks"].as_u64().unwrap();
     let v = s.wait_for(60, "blocks under a light attack", |v| {
