@@ -94,8 +94,10 @@ impl Clock {
     /// (cpu seconds, wall seconds).
     fn elapsed(&self) -> (f64, f64) {
         let wall = self.wall.elapsed().as_secs_f64();
+        // schedstat advances at scheduler ticks and switches: a run shorter than a tick can read 0, and
+        // then only wall time is meaningful.
         let cpu = match (self.cpu, thread_cpu_s()) {
-            (Some(a), Some(b)) => b - a,
+            (Some(a), Some(b)) if b > a => b - a,
             _ => wall,
         };
         (cpu, wall)
