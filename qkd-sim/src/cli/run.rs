@@ -64,12 +64,24 @@ pub fn main(a: &Args) -> anyhow::Result<()> {
         None => None,
     };
     let mut link = Link::new(p, a.seed)?;
+    // Long runs show progress on stderr (hidden when stderr is not a terminal, and for --json).
+    let bar = indicatif::ProgressBar::new(a.blocks);
+    if a.json || a.blocks < 2 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} blocks [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let (mut total_bits, mut ok_blocks) = (0u64, 0u64);
     for b in 0..a.blocks {
         if a.cut_fibre_at.is_some_and(|c| b >= c) {
             link.set_fibre_cut(true);
         }
         let out = link.run_block(pulses, a.eve)?;
+        bar.inc(1);
         let st = out.stats();
         let line = serde_json::to_string(st)?;
         if let Some(f) = stats_file.as_mut() {
@@ -83,7 +95,7 @@ pub fn main(a: &Args) -> anyhow::Result<()> {
                 total_bits += stats.final_key_bits;
                 ok_blocks += 1;
                 if !a.json {
-                    println!(
+                    bar.suspend(|| println!(
                         "block {b}: {} final key bits  (QBER {:.2}%, sifted {}, Cascade leak {} f={:.3}, PA {} -> {}, auth {} bits)",
                         stats.final_key_bits,
                         stats.qber.signal * 100.0,
@@ -93,20 +105,25 @@ pub fn main(a: &Args) -> anyhow::Result<()> {
                         stats.key_bits_in,
                         stats.pa_output_bits,
                         stats.auth_bits
-                    );
+                    ));
                 }
             }
             BlockOutcome::Aborted { reason, stats } => {
                 if !a.json {
-                    println!(
-                        "block {b}: ABORTED: {reason}  (QBER {:.2}%, detections {})",
-                        stats.qber.signal * 100.0,
-                        stats.detections.signal + stats.detections.decoy + stats.detections.vacuum
-                    );
+                    bar.suspend(|| {
+                        println!(
+                            "block {b}: ABORTED: {reason}  (QBER {:.2}%, detections {})",
+                            stats.qber.signal * 100.0,
+                            stats.detections.signal
+                                + stats.detections.decoy
+                                + stats.detections.vacuum
+                        )
+                    });
                 }
             }
         }
     }
+    bar.finish_and_clear();
     if let Some(mut f) = stats_file {
         f.flush().context("could not write the stats file")?;
     }
