@@ -281,36 +281,58 @@ pub fn build(opts: &BridgeOptions) -> Result<BridgeFixture, FixtureError> {
         name: "b-to-bridge",
         der: p.signed_by(&br.key, &b_issuer)?.der().to_vec(),
     });
-    // bridge -> B (the other direction).
-    let mut p = ca_params("Agency B", "Agency B Root CA", 11, "bridge", opts);
-    p.custom_extensions = vec![
-        policies_ext(&[BRIDGE_POLICY])?,
-        mapping_ext(BRIDGE_POLICY, B_POLICY)?,
+    // The other three cross-certificates: bridge -> B, bridge -> A, A -> bridge.
+    struct Cross<'k> {
+        name: &'static str,
+        subject: (&'static str, &'static str),
+        serial: u64,
+        crl: &'static str,
+        map: (ObjectIdentifier, ObjectIdentifier),
+        key: &'k KeyPair,
+    }
+    let crosses = [
+        (
+            Cross {
+                name: "bridge-to-b",
+                subject: ("Agency B", "Agency B Root CA"),
+                serial: 11,
+                crl: "bridge",
+                map: (BRIDGE_POLICY, B_POLICY),
+                key: &b.key,
+            },
+            &br_issuer,
+        ),
+        (
+            Cross {
+                name: "bridge-to-a",
+                subject: ("Agency A", "Agency A Root CA"),
+                serial: 12,
+                crl: "bridge",
+                map: (BRIDGE_POLICY, A_POLICY),
+                key: &a.key,
+            },
+            &br_issuer,
+        ),
+        (
+            Cross {
+                name: "a-to-bridge",
+                subject: ("Bridge", "Bridge CA"),
+                serial: 13,
+                crl: "a-root",
+                map: (A_POLICY, BRIDGE_POLICY),
+                key: &br.key,
+            },
+            &a_issuer,
+        ),
     ];
-    intermediates.push(Item {
-        name: "bridge-to-b",
-        der: p.signed_by(&b.key, &br_issuer)?.der().to_vec(),
-    });
-    // bridge -> A.
-    let mut p = ca_params("Agency A", "Agency A Root CA", 12, "bridge", opts);
-    p.custom_extensions = vec![
-        policies_ext(&[BRIDGE_POLICY])?,
-        mapping_ext(BRIDGE_POLICY, A_POLICY)?,
-    ];
-    intermediates.push(Item {
-        name: "bridge-to-a",
-        der: p.signed_by(&a.key, &br_issuer)?.der().to_vec(),
-    });
-    // A -> bridge.
-    let mut p = ca_params("Bridge", "Bridge CA", 13, "a-root", opts);
-    p.custom_extensions = vec![
-        policies_ext(&[A_POLICY])?,
-        mapping_ext(A_POLICY, BRIDGE_POLICY)?,
-    ];
-    intermediates.push(Item {
-        name: "a-to-bridge",
-        der: p.signed_by(&br.key, &a_issuer)?.der().to_vec(),
-    });
+    for (c, issuer) in crosses {
+        let mut p = ca_params(c.subject.0, c.subject.1, c.serial, c.crl, opts);
+        p.custom_extensions = vec![policies_ext(&[c.map.0])?, mapping_ext(c.map.0, c.map.1)?];
+        intermediates.push(Item {
+            name: c.name,
+            der: p.signed_by(c.key, issuer)?.der().to_vec(),
+        });
+    }
     // A's issuing CA.
     let ca_key = KeyPair::generate_for(alg(opts))?;
     let mut ca_p = ca_params("Agency A", "Agency A Issuing CA", 20, "a-root", opts);
