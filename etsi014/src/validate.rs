@@ -38,6 +38,11 @@ impl KeyId {
         KeyId(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
+    /// Writes the text form into `buf` without allocating (for pre-serialized answers).
+    pub fn hyphenated<'b>(&self, buf: &'b mut [u8; 36]) -> &'b [u8] {
+        self.0.hyphenated().encode_lower(buf).as_bytes()
+    }
+
     /// The 16 bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
@@ -310,6 +315,8 @@ mod tests {
             assert!(KeyId::parse(bad).is_err(), "{bad}");
         }
         let r = KeyId::from_random_bytes([7; 16]);
+        let mut buf = [0u8; 36];
+        assert_eq!(r.hyphenated(&mut buf), r.to_string().as_bytes());
         assert_eq!(KeyId::parse(&r.to_string()).unwrap(), r);
         assert_eq!(r.to_string().as_bytes()[14], b'4', "version 4");
     }

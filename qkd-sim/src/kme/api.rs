@@ -202,8 +202,8 @@ impl Kme {
             .lock()
             .map_err(|_| poisoned())?
             .issue(self.side, caller, slave, &valid, rng)?;
-        tracing::debug!(kme = %self.kme_id, sae = caller, slave, number = keys.len(), "keys issued");
-        Ok(container(&keys))
+        tracing::debug!(kme = %self.kme_id, sae = caller, slave, number = keys.ids.len(), "keys issued");
+        Ok(container(keys.iter()))
     }
 
     fn dec_keys(&self, caller: &str, master: &str, ids: &KeyIds) -> Result<Answer, Etsi014Error> {
@@ -215,7 +215,7 @@ impl Kme {
             .map_err(|_| poisoned())?
             .redeem(self.side, caller, master, &ids)?;
         tracing::debug!(kme = %self.kme_id, sae = caller, master, number = keys.len(), "keys delivered");
-        Ok(container(&keys))
+        Ok(container(keys.iter().map(|(id, k)| (*id, &k[..]))))
     }
 }
 
@@ -227,22 +227,25 @@ fn poisoned() -> Etsi014Error {
 
 /// Writes the Key container straight into a zeroizing buffer: the same bytes serde would write
 /// (`{"keys":[{"key_ID":..,"key":..}]}`), without intermediate strings holding key material.
-fn container(keys: &[qsi_etsi014::messages::DecodedKey]) -> Answer {
-    let per_key: usize = keys.first().map_or(0, |k| 4 * k.1.len().div_ceil(3) + 64);
-    let mut out = Zeroizing::new(Vec::with_capacity(16 + keys.len() * per_key));
+fn container<'a>(keys: impl ExactSizeIterator<Item = (KeyId, &'a [u8])>) -> Answer {
+    let n = keys.len();
+    let mut keys = keys.peekable();
+    let per_key = keys.peek().map_or(0, |k| 4 * k.1.len().div_ceil(3) + 64);
+    let mut out = Zeroizing::new(Vec::with_capacity(16 + n * per_key));
     out.extend_from_slice(b"{\"keys\":[");
-    for (i, (id, key)) in keys.iter().enumerate() {
+    for (i, (id, key)) in keys.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"key_ID\":\"");
-        out.extend_from_slice(id.to_string().as_bytes());
+        let mut text = [0u8; 36];
+        out.extend_from_slice(id.hyphenated(&mut text));
         out.extend_from_slice(b"\",\"key\":\"");
         let start = out.len();
         let b64_len = 4 * key.len().div_ceil(3);
         out.resize(start + b64_len, 0);
         // The slice is exactly the encoded length, so encoding cannot fail.
-        let _ = B64.encode_slice(&key[..], &mut out[start..]);
+        let _ = B64.encode_slice(key, &mut out[start..]);
         out.extend_from_slice(b"\"}");
     }
     out.extend_from_slice(b"]}");
@@ -254,13 +257,10 @@ fn container(keys: &[qsi_etsi014::messages::DecodedKey]) -> Answer {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
-    use qsi_etsi014::KeyContainer;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha20Rng;
 
-    fn pair() -> (Kme, Kme) {
+    pub fn pair() -> (Kme, Kme) {
         let limits = Limits {
             key_size: 256,
             max_key_count: 64,
@@ -294,10 +294,19 @@ mod tests {
         };
         (a, b)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::pair;
+    use super::*;
+    use qsi_etsi014::KeyContainer;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
 
     #[test]
     fn container_bytes_match_serde() {
-        let keys = vec![
+        let keys = [
             (
                 KeyId::from_random_bytes([1; 16]),
                 Zeroizing::new(vec![1, 2, 3]),
@@ -307,7 +316,7 @@ mod tests {
                 Zeroizing::new(vec![0xff; 32]),
             ),
         ];
-        let a = container(&keys);
+        let a = container(keys.iter().map(|(id, k)| (*id, &k[..])));
         let parsed = KeyContainer::from_json(&a.body).unwrap();
         let again = serde_json::to_vec(&parsed).unwrap();
         assert_eq!(&again[..], &a.body[..]);
@@ -436,5 +445,42 @@ mod tests {
             assert!(qsi_etsi014::ErrorBody::from_json(&r.body).is_ok());
         }
         assert_eq!(a.pool.lock().unwrap().available_bits(), before);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::tests_support::pair;
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever arrives, the KME answers with a status of the spec (or 404/405 outside the
+        /// API), a JSON body, and a refused request leaves the pool as it was.
+        #[test]
+        fn refused_requests_never_touch_the_pool(
+            method in prop_oneof![Just("GET"), Just("POST"), Just("PUT")],
+            sae in prop_oneof![Just("sae-b"), Just("sae-a"), Just("x")],
+            func in prop_oneof![Just("status"), Just("enc_keys"), Just("dec_keys"), Just("keys")],
+            query in proptest::option::of("[a-zA-Z_=&0-9%-]{0,30}"),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            json_body in proptest::option::of(r#"\{"(number|size|key_IDs)":(-?[0-9]{1,5}|\[\]|"x")\}"#),
+        ) {
+            let (a, _) = pair();
+            let mut rng = ChaCha20Rng::seed_from_u64(9);
+            let before = a.pool.lock().unwrap().available_bits();
+            let body = json_body.map(String::into_bytes).unwrap_or(body);
+            let path = format!("/api/v1/keys/{sae}/{func}");
+            let r = a.handle(Caller::Sae("sae-a"), method, &path, query.as_deref(), &body, &mut rng);
+            prop_assert!([200, 400, 401, 404, 405, 503].contains(&r.status));
+            prop_assert!(serde_json::from_slice::<serde_json::Value>(&r.body).is_ok());
+            if r.status != 200 {
+                prop_assert_eq!(a.pool.lock().unwrap().available_bits(), before);
+                prop_assert_eq!(a.pool.lock().unwrap().pending_count(Side::Bob), 0);
+            }
+        }
     }
 }

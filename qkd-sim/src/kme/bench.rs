@@ -90,7 +90,14 @@ pub async fn run(quick: bool) -> anyhow::Result<Report> {
     let secs = if quick { 0.5 } else { 4.0 };
     let many = 128u32;
     let mut scenarios = Vec::new();
-    for (clients, per) in [(1usize, 1u32), (1, many), (32, 1), (32, many)] {
+    for (clients, per) in [
+        (1usize, 1u32),
+        (1, 16),
+        (1, many),
+        (32, 1),
+        (32, 16),
+        (32, many),
+    ] {
         // Fill the pool before each run so a shortage never shows up as latency.
         let want = (1u64 << 21) * 32 * 3 / 4;
         let t = Instant::now();

@@ -202,6 +202,13 @@ impl ServeConfig {
             max_sae_id_count: l.max_sae_id_count.unwrap_or(2),
         };
         limits.check().context("[limits]")?;
+        if limits.max_sae_id_count as usize >= super::pool::MAX_SLAVES {
+            bail!(
+                "[limits] max_sae_id_count = {}: at most {} additional slave SAEs",
+                limits.max_sae_id_count,
+                super::pool::MAX_SLAVES - 1
+            );
+        }
         let link = raw.link;
         if !(link.speedup.is_finite() && link.speedup > 0.0) {
             bail!(

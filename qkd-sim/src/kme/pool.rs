@@ -9,6 +9,7 @@
 //! short critical section in memory, never held across I/O.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use qsi_etsi014::messages::DecodedKey;
 use qsi_etsi014::{Etsi014Error, KeyId, Limits, ValidKeyRequest};
@@ -77,12 +78,51 @@ pub struct LinkReport {
     pub eve_fraction: f64,
 }
 
-struct Pending {
+/// Who may fetch the keys of one request (shared by its keys).
+struct Share {
     master: String,
-    /// Slave SAEs that have not fetched the key yet.
+    /// The slave SAE and the additional slaves (at most 64).
     slaves: Vec<String>,
+}
+
+struct Pending {
+    share: Arc<Share>,
+    /// Bit i set: `share.slaves[i]` has fetched the key.
+    fetched: u64,
     key: Zeroizing<Vec<u8>>,
 }
+
+/// Keys issued to a master SAE: their IDs and their bytes back to back, `size` bytes each.
+pub struct Issued {
+    /// The key IDs, in order.
+    pub ids: Vec<KeyId>,
+    /// The keys, concatenated.
+    pub bytes: Zeroizing<Vec<u8>>,
+    /// Bytes per key.
+    pub size: usize,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("ids", &self.ids)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Issued {
+    /// The keys with their IDs.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (KeyId, &[u8])> {
+        self.ids
+            .iter()
+            .copied()
+            .zip(self.bytes.chunks(self.size.max(1)))
+    }
+}
+
+/// Largest number of slave SAEs (the slave and the additional ones) one key can have.
+pub const MAX_SLAVES: usize = 64;
 
 /// A byte stream of one side's final key, erased as it is consumed.
 #[derive(Default)]
@@ -235,7 +275,7 @@ impl LinkPool {
         slave: &str,
         req: &ValidKeyRequest,
         rng: &mut dyn RngCore,
-    ) -> Result<Vec<DecodedKey>, Etsi014Error> {
+    ) -> Result<Issued, Etsi014Error> {
         let size = req.size_bytes();
         let n = req.number as usize;
         let need = size * n;
@@ -257,29 +297,41 @@ impl LinkPool {
                 available_bits: 0,
             });
         }
-        let mine = self.streams[side.idx()].take(need);
-        let theirs = self.streams[peer].take(need);
         let mut slaves = Vec::with_capacity(1 + req.additional_slave_sae_ids.len());
         slaves.push(slave.to_owned());
         slaves.extend(req.additional_slave_sae_ids.iter().cloned());
-        let mut out = Vec::with_capacity(n);
+        if slaves.len() > MAX_SLAVES {
+            return Err(Etsi014Error::Internal {
+                detail: format!("at most {MAX_SLAVES} slave SAEs per key"),
+            });
+        }
+        let share = Arc::new(Share {
+            master: master.to_owned(),
+            slaves,
+        });
+        let mine = self.streams[side.idx()].take(need);
+        let theirs = self.streams[peer].take(need);
+        let mut ids = Vec::with_capacity(n);
         for i in 0..n {
             let mut id = KeyId::from_random_bytes(random16(rng));
             while self.pending[peer].contains_key(&id) {
                 id = KeyId::from_random_bytes(random16(rng));
             }
-            let r = i * size..(i + 1) * size;
             self.pending[peer].insert(
                 id,
                 Pending {
-                    master: master.to_owned(),
-                    slaves: slaves.clone(),
-                    key: Zeroizing::new(theirs[r.clone()].to_vec()),
+                    share: share.clone(),
+                    fetched: 0,
+                    key: Zeroizing::new(theirs[i * size..(i + 1) * size].to_vec()),
                 },
             );
-            out.push((id, Zeroizing::new(mine[r].to_vec())));
+            ids.push(id);
         }
-        Ok(out)
+        Ok(Issued {
+            ids,
+            bytes: mine,
+            size,
+        })
     }
 
     /// Get key with key IDs: slave SAE `caller` at `side` fetches keys that master SAE `master`
@@ -295,17 +347,22 @@ impl LinkPool {
     ) -> Result<Vec<DecodedKey>, Etsi014Error> {
         let map = &mut self.pending[side.idx()];
         let mut missing = Vec::new();
+        let mut slots = Vec::with_capacity(ids.len());
         for id in ids {
             match map.get(id) {
-                Some(p) if p.master == master => {
-                    if !p.slaves.iter().any(|s| s == caller) {
+                Some(p) if p.share.master == master => {
+                    let Some(i) = p.share.slaves.iter().position(|s| s == caller) else {
                         return Err(Etsi014Error::Forbidden {
                             caller: caller.to_owned(),
                             action: format!(
                                 "fetch key {id}, which {master} shared with other SAEs"
                             ),
                         });
+                    };
+                    if p.fetched & (1 << i) != 0 {
+                        missing.push(id.to_string());
                     }
+                    slots.push(i);
                 }
                 _ => missing.push(id.to_string()),
             }
@@ -314,10 +371,15 @@ impl LinkPool {
             return Err(Etsi014Error::KeysNotFound { key_ids: missing });
         }
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        for (id, i) in ids.iter().zip(slots) {
             let Some(p) = map.get_mut(id) else { continue };
-            p.slaves.retain(|s| s != caller);
-            if p.slaves.is_empty() {
+            p.fetched |= 1 << i;
+            let all = if p.share.slaves.len() >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << p.share.slaves.len()) - 1
+            };
+            if p.fetched == all {
                 if let Some(p) = map.remove(id) {
                     out.push((*id, p.key));
                 }
@@ -374,9 +436,12 @@ mod tests {
         let mut p = filled();
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         assert_eq!(p.stored_key_count(), 8);
-        let issued = p
+        let issued: Vec<(KeyId, Vec<u8>)> = p
             .issue(Side::Alice, "sae-a", "sae-b", &req(2, 256), &mut rng)
-            .unwrap();
+            .unwrap()
+            .iter()
+            .map(|(id, k)| (id, k.to_vec()))
+            .collect();
         assert_eq!(issued.len(), 2);
         assert_eq!(issued[0].1[0], 0);
         assert_eq!(&issued[1].1[..], &(32..64u8).collect::<Vec<_>>()[..]);
@@ -386,7 +451,7 @@ mod tests {
         let got = p.redeem(Side::Bob, "sae-b", "sae-a", &ids).unwrap();
         assert_eq!(got[0].1[0], 0xff, "Bob's KME serves Bob's bits");
         assert_eq!(got[0].1[1..], issued[0].1[1..]);
-        assert_eq!(got[1].1, issued[1].1);
+        assert_eq!(got[1].1.to_vec(), issued[1].1);
         // Delivered keys have left the pool.
         assert!(matches!(
             p.redeem(Side::Bob, "sae-b", "sae-a", &ids[..1]),
@@ -401,7 +466,7 @@ mod tests {
         let issued = p
             .issue(Side::Alice, "sae-a", "sae-b", &req(1, 64), &mut rng)
             .unwrap();
-        let id = issued[0].0;
+        let id = issued.ids[0];
         assert!(matches!(
             p.redeem(Side::Bob, "sae-c", "sae-a", &[id]),
             Err(Etsi014Error::Forbidden { .. })
@@ -441,8 +506,8 @@ mod tests {
         };
         let id = p
             .issue(Side::Alice, "sae-a", "sae-b", &r, &mut rng)
-            .unwrap()[0]
-            .0;
+            .unwrap()
+            .ids[0];
         let b = p.redeem(Side::Bob, "sae-b", "sae-a", &[id]).unwrap();
         assert!(p.redeem(Side::Bob, "sae-b", "sae-a", &[id]).is_err());
         let c = p.redeem(Side::Bob, "sae-c", "sae-a", &[id]).unwrap();
