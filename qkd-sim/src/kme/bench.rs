@@ -49,6 +49,10 @@ pub struct Scenario {
     pub p50_ms: f64,
     /// 99th percentile latency, ms.
     pub p99_ms: f64,
+    /// CPU seconds this process (server and clients together) used during the run.
+    pub cpu_seconds: f64,
+    /// CPU microseconds per key, server and client together.
+    pub cpu_us_per_key: f64,
 }
 
 /// The whole run.
@@ -64,6 +68,29 @@ pub struct Report {
     pub ratio_vs_reference_32: f64,
     /// Whether the targets (>= 20,000 keys/s with 32 clients at p99 < 5 ms) hold in some scenario.
     pub target_met: bool,
+    /// The machine's 1-minute load average at the start (the figures depend on it).
+    pub load_average: f64,
+    /// CPU cores.
+    pub cores: usize,
+}
+
+/// CPU seconds (user + system) this process has used, from /proc/self/stat (clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -76,6 +103,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs the benchmark (`quick`: short runs, for CI).
 pub async fn run(quick: bool) -> anyhow::Result<Report> {
+    let load = load_average();
     let dir =
         tempfile::tempdir().context("temporary directory for the benchmark's certificates")?;
     certs::generate(dir.path(), 0, 0)?;
@@ -132,6 +160,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Report> {
         best_keys_per_s_32: best,
         ratio_vs_reference_32: best / REFERENCE_KEYS_PER_S_32,
         target_met,
+        load_average: load,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }
 
@@ -150,6 +180,7 @@ async fn scenario(
     let body = serde_json::to_vec(&qsi_etsi014::KeyRequest::new(per, size))?;
     let path = qsi_etsi014::enc_keys_path("sae-b");
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for mut c in conns {
@@ -175,6 +206,7 @@ async fn scenario(
         errors += e;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     lat.sort_by(f64::total_cmp);
     let requests = lat.len() as u64;
     let keys = requests * u64::from(per);
@@ -189,6 +221,12 @@ async fn scenario(
         req_per_s: requests as f64 / seconds,
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
+        cpu_seconds: cpu,
+        cpu_us_per_key: if keys > 0 {
+            cpu * 1e6 / keys as f64
+        } else {
+            0.0
+        },
     })
 }
 
@@ -199,12 +237,20 @@ pub fn print(r: &Report) {
         r.key_size
     );
     println!(
-        "{:>7} {:>9} {:>10} {:>11} {:>10} {:>8} {:>8} {:>6}",
-        "clients", "keys/req", "requests", "keys/s", "req/s", "p50 ms", "p99 ms", "errors"
+        "{:>7} {:>9} {:>10} {:>11} {:>10} {:>8} {:>8} {:>10} {:>6}",
+        "clients",
+        "keys/req",
+        "requests",
+        "keys/s",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu us/key",
+        "errors"
     );
     for s in &r.scenarios {
         println!(
-            "{:>7} {:>9} {:>10} {:>11.0} {:>10.0} {:>8.2} {:>8.2} {:>6}",
+            "{:>7} {:>9} {:>10} {:>11.0} {:>10.0} {:>8.2} {:>8.2} {:>10.1} {:>6}",
             s.clients,
             s.keys_per_request,
             s.requests,
@@ -212,9 +258,14 @@ pub fn print(r: &Report) {
             s.req_per_s,
             s.p50_ms,
             s.p99_ms,
+            s.cpu_us_per_key,
             s.errors
         );
     }
+    println!(
+        "machine: {} cores, load average {:.1} at the start (clients and server share the cores)",
+        r.cores, r.load_average
+    );
     println!(
         "32 clients: {:.0} keys/s = {:.0}x the reference KME's {} keys/s (figure quoted from the issue, not run here); target >= {} keys/s at p99 < {} ms: {}",
         r.best_keys_per_s_32,
