@@ -118,6 +118,31 @@ fn qsi_demo_runs_and_proves_post_quantum() {
         "{text}"
     );
     assert!(text.contains("classical-only client    refused"), "{text}");
+    // CI installs SoftHSM2 (scripts/test refuses to run without it), so the demo must pick it.
+    assert!(text.contains("key store                SoftHSM2"), "{text}");
+}
+
+#[test]
+fn qsi_demo_falls_back_to_the_file_key_store_and_says_so() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsi"))
+        .args(["demo", "--key-store", "file"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "qsi demo --key-store file failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("key store                the file key store"),
+        "{text}"
+    );
+    assert!(text.contains("NOT FOR PRODUCTION"), "{text}");
+    assert!(
+        text.contains("tls tunnel               X25519MLKEM768"),
+        "{text}"
+    );
 }
 
 #[test]

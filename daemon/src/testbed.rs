@@ -19,12 +19,22 @@ pub fn dns_identity(site: &str) -> String {
 /// Writes `ca.crt` and, per site, `<site>.crt` / `<site>.key` (ECDSA P-256, SANs `<site>.qsi.test` and
 /// `urn:qsi:site:<site>`, client and server auth) into `dir`.
 pub fn write_pki(dir: &Path, sites: &[&str]) -> anyhow::Result<()> {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    write_pki_signed_by(dir, sites, ca_key)
+}
+
+/// As [`write_pki`], with the CA's key supplied by the caller: `qsi demo` passes a key held in a
+/// SoftHSM2 token or the file key store, so the CA key never exists in this process's memory.
+pub fn write_pki_signed_by<K: rcgen::SigningKey>(
+    dir: &Path,
+    sites: &[&str],
+    ca_key: K,
+) -> anyhow::Result<()> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SanType,
     };
     std::fs::create_dir_all(dir)?;
-    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name
         .push(DnType::CommonName, "QSI throw-away test CA");
@@ -190,6 +200,11 @@ impl SiteToml {
 /// metrics. Credentials are written into `dir`; add forwards/exposes, then write the configs.
 pub fn pair(dir: &Path, transport: &str) -> anyhow::Result<(SiteToml, SiteToml)> {
     write_pki(dir, &["site-a", "site-b"])?;
+    pair_configs(dir, transport)
+}
+
+/// The two site configs of [`pair`], for credentials already written into `dir`.
+pub fn pair_configs(dir: &Path, transport: &str) -> anyhow::Result<(SiteToml, SiteToml)> {
     let (pa, pb) = (free_port()?, free_port()?);
     let lo = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let site =

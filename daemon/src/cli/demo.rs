@@ -22,6 +22,21 @@ pub struct Args {
     /// Keep the temporary directory (credentials, configs, logs) instead of deleting it
     #[arg(long)]
     pub keep: bool,
+    /// Where the demo CA's key lives: `auto` (SoftHSM2 when installed, the file key store
+    /// otherwise), `softhsm` (fail if SoftHSM2 is missing) or `file` (development only)
+    #[arg(long, value_enum, default_value_t = KeyStoreChoice::Auto)]
+    pub key_store: KeyStoreChoice,
+}
+
+/// The key store `qsi demo` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyStoreChoice {
+    /// SoftHSM2 when its module is installed, the file key store otherwise.
+    Auto,
+    /// SoftHSM2 through PKCS#11; an error if it is not installed.
+    Softhsm,
+    /// The passphrase-encrypted file key store (not for production).
+    File,
 }
 
 /// One line of the summary.
@@ -30,8 +45,85 @@ struct Row {
     result: String,
 }
 
+/// Marks the re-run of `qsi demo` that already has a private SoftHSM2 configuration.
+const CHILD_MARK: &str = "QSI_DEMO_SOFTHSM_CHILD";
+
+/// The key store that holds the demo CA's key: SoftHSM2 when its module is installed, the file key
+/// store otherwise. The token (if any) is deleted when this is dropped.
+struct DemoKeyStore {
+    store: Arc<dyn qsi_hsm::KeyStore>,
+    description: String,
+    _token: Option<qsi_hsm::SoftHsmToken>,
+}
+
+fn open_key_store(dir: &Path, choice: KeyStoreChoice) -> anyhow::Result<DemoKeyStore> {
+    let module = match choice {
+        KeyStoreChoice::File => Err(anyhow::anyhow!("--key-store file")),
+        KeyStoreChoice::Auto => qsi_hsm::pkcs11::default_module_path().map_err(Into::into),
+        KeyStoreChoice::Softhsm => Ok(qsi_hsm::pkcs11::default_module_path()?),
+    };
+    match module {
+        Ok(module) => {
+            let token = qsi_hsm::SoftHsmToken::create("qsi-demo")
+                .context("creating a throw-away SoftHSM2 token for the demo CA")?;
+            let store: Arc<dyn qsi_hsm::KeyStore> = Arc::new(token.open()?);
+            Ok(DemoKeyStore {
+                store,
+                description: format!(
+                    "SoftHSM2 (PKCS#11 module {}, token {})",
+                    module.display(),
+                    token.label
+                ),
+                _token: Some(token),
+            })
+        }
+        Err(e) => {
+            tracing::debug!(reason = %e, "using the file key store");
+            let mut raw = zeroize::Zeroizing::new([0u8; 16]);
+            aws_lc_rs::rand::fill(&mut *raw)
+                .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+            let passphrase = qsi_hsm::Pin::new(hex::encode(*raw));
+            let store = qsi_hsm::FileStore::create(dir.join("keys"), &passphrase)?;
+            Ok(DemoKeyStore {
+                store: Arc::new(store),
+                description: if choice == KeyStoreChoice::File {
+                    "the file key store (chosen with --key-store file; NOT FOR PRODUCTION)".into()
+                } else {
+                    "the file key store (SoftHSM2 is not installed: apt-get install softhsm2; \
+                     the file store is NOT FOR PRODUCTION)"
+                        .into()
+                },
+                _token: None,
+            })
+        }
+    }
+}
+
 /// Runs the demo.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // SoftHSM2 reads its configuration from SOFTHSM2_CONF when the module loads; without one, re-run
+    // with a private configuration in a temporary directory so the demo never touches system tokens.
+    if std::env::var_os("SOFTHSM2_CONF").is_none()
+        && std::env::var_os(CHILD_MARK).is_none()
+        && args.key_store != KeyStoreChoice::File
+        && qsi_hsm::pkcs11::default_module_path().is_ok()
+    {
+        let conf_dir = tempfile::Builder::new()
+            .prefix("qsi-demo-softhsm-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let exe = std::env::current_exe().context("finding the qsi executable")?;
+        let status = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("SOFTHSM2_CONF", conf_dir.path().join("softhsm2.conf"))
+            .env(CHILD_MARK, "1")
+            .status()
+            .context("re-running qsi demo with a private SoftHSM2 configuration")?;
+        if !status.success() {
+            bail!("qsi demo failed ({status})");
+        }
+        return Ok(());
+    }
     let dir = tempfile::Builder::new()
         .prefix("qsi-demo-")
         .tempdir()
@@ -48,16 +140,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     let mut rows = Vec::new();
 
-    // Step 1: credentials (each transport's pair gets its own set, written by testbed::pair).
+    // Step 1: credentials. The CA key is generated in, and signs from, the key store.
+    let keys = open_key_store(&path, args.key_store)?;
+    let ca_key = keys
+        .store
+        .generate("demo-ca", qsi_hsm::KeyAlgorithm::EcP256)
+        .context("generating the demo CA key in the key store")?;
     println!(
-        "[1/4] credentials: a throw-away CA and site certificates (ECDSA P-256, SANs dns + uri)"
+        "[1/4] credentials: a throw-away CA whose ECDSA P-256 key is in {}, and site certificates (SANs dns + uri)",
+        keys.description
     );
+    rows.push(Row {
+        what: "key store".into(),
+        result: keys.description.clone(),
+    });
 
     // Steps 2 and 3: one tunnel per transport, a service each way.
     for (step, transport) in [(2, "quic"), (3, "tls")] {
         let sub = path.join(transport);
         std::fs::create_dir_all(&sub)?;
-        let (mut a, mut b) = testbed::pair(&sub, transport)?;
+        let signer = qsi_hsm::HsmRcgenKey::new(keys.store.clone(), ca_key.clone())?;
+        testbed::write_pki_signed_by(&sub, &["site-a", "site-b"], signer)?;
+        let (mut a, mut b) = testbed::pair_configs(&sub, transport)?;
         let svc_a = rt.block_on(service("site-a"))?;
         let svc_b = rt.block_on(service("site-b"))?;
         let (a_to_b, b_to_a) = (testbed::free_addr()?, testbed::free_addr()?);
