@@ -153,7 +153,17 @@ impl Portal {
     }
 
     fn audit(&self, event: AuditEvent) {
-        if let Err(e) = self.store.audit(self.now(), event) {
+        // The record is durable before the answer goes out; its fsync must not hold a runtime worker,
+        // or concurrent logins could not share a group commit.
+        let now = self.now();
+        let write = || self.store.audit(now, event);
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(write)
+            }
+            _ => write(),
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, "could not write the access audit log");
         }
     }
