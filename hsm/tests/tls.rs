@@ -36,7 +36,12 @@ fn handshake(ee_alg: KeyAlgorithm) {
 
     let signing_key = Arc::new(HsmSigningKey::new(store.clone(), ee_key).unwrap());
     let certified = rustls::sign::CertifiedKey::new(vec![ee_cert.der().clone()], signing_key);
-    let server_config = rustls::ServerConfig::builder()
+    // Name the provider: in a workspace build another crate may also enable rustls' ring feature,
+    // and then rustls cannot pick a process default by itself.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
 
@@ -44,7 +49,9 @@ fn handshake(ee_alg: KeyAlgorithm) {
     roots
         .add(CertificateDer::from(ca_cert.der().to_vec()))
         .unwrap();
-    let client_config = rustls::ClientConfig::builder()
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
 
