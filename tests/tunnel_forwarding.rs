@@ -97,24 +97,32 @@ fn udp_service_rides_quic_datagrams_both_ways() {
     assert_eq!(peers[0]["group"], "X25519MLKEM768");
 }
 
-#[test]
-fn qsi_demo_runs_and_proves_post_quantum() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsi"))
+/// Runs `qsi demo` (from `bin`, with `extra` arguments), asserts it succeeded and that the TLS tunnel
+/// negotiated the post-quantum default group, and returns what it printed.
+fn run_demo(bin: &std::path::Path, extra: &[&str]) -> String {
+    let out = std::process::Command::new(bin)
         .arg("demo")
+        .args(extra)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "qsi demo failed:\n{text}\n{}",
+        "qsi demo {extra:?} failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("quic tunnel              X25519MLKEM768"),
+        text.contains("tls tunnel               X25519MLKEM768"),
         "{text}"
     );
+    text
+}
+
+#[test]
+fn qsi_demo_runs_and_proves_post_quantum() {
+    let text = run_demo(env!("CARGO_BIN_EXE_qsi").as_ref(), &[]);
     assert!(
-        text.contains("tls tunnel               X25519MLKEM768"),
+        text.contains("quic tunnel              X25519MLKEM768"),
         "{text}"
     );
     assert!(text.contains("classical-only client    refused"), "{text}");
@@ -124,25 +132,12 @@ fn qsi_demo_runs_and_proves_post_quantum() {
 
 #[test]
 fn qsi_demo_falls_back_to_the_file_key_store_and_says_so() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsi"))
-        .args(["demo", "--key-store", "file"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "qsi demo --key-store file failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_demo(env!("CARGO_BIN_EXE_qsi").as_ref(), &["--key-store", "file"]);
     assert!(
         text.contains("key store                the file key store"),
         "{text}"
     );
     assert!(text.contains("NOT FOR PRODUCTION"), "{text}");
-    assert!(
-        text.contains("tls tunnel               X25519MLKEM768"),
-        "{text}"
-    );
 }
 
 #[test]
@@ -151,20 +146,7 @@ fn qsi_demo_works_without_a_qsid_binary_beside_it() {
     let dir = tempfile::tempdir().unwrap();
     let qsi = dir.path().join("qsi");
     std::fs::copy(env!("CARGO_BIN_EXE_qsi"), &qsi).unwrap();
-    let out = std::process::Command::new(&qsi)
-        .arg("demo")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("tls tunnel               X25519MLKEM768"),
-        "{text}"
-    );
+    run_demo(&qsi, &[]);
 }
 
 #[test]
