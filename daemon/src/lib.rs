@@ -2,7 +2,8 @@
 //!
 //! Map: [`config`] (site TOML, two-stage validation), [`tls`] (post-quantum providers, peer verification
 //! seam), [`tunnel`] (control and data connections, flows, the TLS/TCP framing), [`admin`] (Unix admin
-//! socket), [`metrics`] (Prometheus text), [`server`] (the qsid process), [`testbed`] (throw-away sites for
+//! socket), [`metrics`] (Prometheus text), [`qkd`] (QKD keys in the handshake: key source/lookup seam and the
+//! key-exchange group), [`server`] (the qsid process), [`testbed`] (throw-away sites for
 //! the demo, the benchmark and the end-to-end tests), [`cli`] (`qsi`).
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod portal;
+pub mod qkd;
 pub mod server;
 pub mod testbed;
 pub mod tls;
