@@ -79,6 +79,9 @@ for p in piv-card-auth piv-i-auth piv-i-card-auth; do
   csr "$p" "$person"
   "$qsi" ca issue --dir "$out/issuing" --profile "$p" --csr "$out/keys/$p.csr" --fascn "$fascn" --uuid "$uuid" --out "$out/$p.der"
 done
+# The PIV Authentication key generated on the card token (slot 9A, CKA_ID 01); the certificate and the
+# CHUID signed by the issuing CA's content signer are written onto the card.
+"$qsi" ca content-signer --dir "$out/issuing"
 "$qsi" ca issue --dir "$out/issuing" --profile piv-auth --generate-key p256 --key-token qsi-card \
   --subject "CN=Alice Example,OU=People,O=QSI,C=US" --fascn "$fascn" --uuid "$uuid" --upn alice@qsi.test --out "$out/piv-auth.der"
 for p in piv-digital-signature piv-key-management piv-i-digital-signature piv-i-key-management; do

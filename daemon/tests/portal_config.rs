@@ -14,6 +14,7 @@ fn the_example_loads() {
     assert_eq!(c.clearance.to_string(), "TOP SECRET//SI//TK");
     assert_eq!(c.services["taxii"].label.to_string(), "SECRET");
     assert_eq!(c.accepted_policies.len(), 2);
+    assert_eq!(c.chuid, qsi_daemon::portal::config::ChuidMode::Require);
 }
 
 fn load_with(extra: &str) -> String {
@@ -41,4 +42,12 @@ fn nothing_above_the_site_clearance_loads() {
     );
     let e = load_with("\n[[object]]\nid = \"bad\"\nlabel = \"SECRET/SI\"\nfile = \"x\"\n");
     assert!(e.contains("object[1].label") && e.contains("'//'"), "{e}");
+    let text = std::fs::read_to_string(EXAMPLE)
+        .unwrap()
+        .replace("chuid = \"require\"", "chuid = \"sometimes\"");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("portal.toml");
+    std::fs::write(&p, text).unwrap();
+    let e = PortalConfig::load(&p).unwrap_err().to_string();
+    assert!(e.contains("trust.chuid") && e.contains("if-present"), "{e}");
 }

@@ -6,7 +6,7 @@
 use der::EncodePem;
 use qsi_pki::ca::issue::{Issuer, Template, issue, self_signed_root};
 use qsi_pki::ca::signer::{CaSigner, SigAlg, SoftSigner};
-use qsi_pki::chuid::Chuid;
+use qsi_pki::chuid::{Chuid, VerifiedChuid};
 use qsi_pki::profiles::{Profile, Publication, SubjectIds};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -123,4 +123,32 @@ fn openssl_verifies_the_chuid_signature_and_refuses_a_changed_chuid() {
         !verify("changed.bin").status.success(),
         "a changed CHUID verified"
     );
+
+    // Our verifier agrees with openssl: the original verifies and names its signer; the changed one,
+    // a truncated one and one whose included certificate is not the signer's are refused.
+    let v = VerifiedChuid::verify(&buf).unwrap();
+    assert_eq!(v.chuid, chuid);
+    assert_eq!(v.signer, signer_cert);
+    assert_eq!(v.fascn_bytes, chuid.fascn.encode().unwrap());
+    let mut changed_buf = buf.clone();
+    changed_buf[content.len() - 1] = b'2';
+    let e = VerifiedChuid::verify(&changed_buf).unwrap_err();
+    assert!(e.to_string().contains("message digest"), "{e}");
+    assert!(VerifiedChuid::verify(&buf[..buf.len() / 2]).is_err());
+    let other_key = SoftSigner::generate(SigAlg::EcdsaP256Sha256).unwrap();
+    let forged = Chuid {
+        guid: uuid::Uuid::nil(),
+        ..chuid.clone()
+    };
+    // Signed by another key but carrying the real content signer's certificate.
+    let cms =
+        qsi_pki::chuid::signed_data(&forged.signed_content().unwrap(), &other_key, &signer_cert)
+            .unwrap();
+    let mut forged_buf = forged.signed_content().unwrap();
+    forged_buf.push(0x3e);
+    forged_buf.push(0x82);
+    forged_buf.extend((cms.len() as u16).to_be_bytes());
+    forged_buf.extend(&cms);
+    let e = VerifiedChuid::verify(&forged_buf).unwrap_err();
+    assert!(e.to_string().contains("signature"), "{e}");
 }

@@ -21,6 +21,59 @@ pub const PIV_AUTH_ID: &[u8] = &[0x01];
 pub const PIV_AUTH_KEY_LABEL: &str = "PIV AUTH key";
 /// Label of the PIV Authentication certificate on cards this project provisions.
 pub const PIV_AUTH_CERT_LABEL: &str = "Certificate for PIV Authentication";
+/// Label and application of the CHUID data object, as OpenSC's PIV emulation names it.
+pub const CHUID_LABEL: &str = "Card Holder Unique Identifier";
+/// `CKA_OBJECT_ID` of the CHUID data object: 2.16.840.1.101.3.7.2.48.0, the OID OpenSC's PIV emulation
+/// gives the CHUID container (SP 800-73-4 part 1, table 3), as the OID's content octets, which is how
+/// OpenSC encodes it (`sc_asn1_encode_object_id`) and how `pkcs11-tool` reads and writes it.
+pub const CHUID_OBJECT_ID: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x07, 0x02, 0x30, 0x00];
+
+/// A PIV key slot as OpenSC's PIV emulation exposes it through PKCS#11: the key reference of the card
+/// edge, the `CKA_ID` shared by key and certificate, and their labels (OpenSC 0.23 `pkcs15-piv.c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PivSlot {
+    /// Key reference on a real card (9A, 9C, 9E).
+    pub key_ref: u8,
+    /// `CKA_ID` of the key pair and certificate.
+    pub id: u8,
+    /// `CKA_LABEL` of the private and public key.
+    pub key_label: &'static str,
+    /// `CKA_LABEL` of the certificate.
+    pub cert_label: &'static str,
+}
+
+/// PIV Authentication (9A): the key `qsi login` uses.
+pub const SLOT_PIV_AUTH: PivSlot = PivSlot {
+    key_ref: 0x9a,
+    id: 0x01,
+    key_label: PIV_AUTH_KEY_LABEL,
+    cert_label: PIV_AUTH_CERT_LABEL,
+};
+/// Digital Signature (9C).
+pub const SLOT_SIGN: PivSlot = PivSlot {
+    key_ref: 0x9c,
+    id: 0x02,
+    key_label: "SIGN key",
+    cert_label: "Certificate for Digital Signature",
+};
+/// Card Authentication (9E).
+pub const SLOT_CARD_AUTH: PivSlot = PivSlot {
+    key_ref: 0x9e,
+    id: 0x04,
+    key_label: "CARD AUTH key",
+    cert_label: "Certificate for Card Authentication",
+};
+
+/// The card slot a `qsi ca issue` profile fills, for the profiles whose key is a signing key on the card.
+/// Key management (9D, a key-agreement key) and content signing (a CA-side key) have none.
+pub fn slot_for_profile(profile: &str) -> Option<PivSlot> {
+    match profile {
+        "piv-auth" | "piv-i-auth" => Some(SLOT_PIV_AUTH),
+        "piv-digital-signature" | "piv-i-digital-signature" => Some(SLOT_SIGN),
+        "piv-card-auth" | "piv-i-card-auth" => Some(SLOT_CARD_AUTH),
+        _ => None,
+    }
+}
 
 /// Why a card cannot be used. Wrong-PIN and locked-PIN errors come from the key store with the token's
 /// PIN flags.
@@ -53,6 +106,18 @@ pub enum CardError {
         /// Token label.
         token: String,
     },
+    /// The card slot already holds a key or certificate.
+    #[error(
+        "card {token:?} already holds a key or certificate in the {slot} slot (CKA_ID {id:02X}): provision a fresh card, or delete the old objects first (pkcs11-tool --delete-object --type privkey|pubkey|cert --id {id:02X})"
+    )]
+    SlotOccupied {
+        /// Token label.
+        token: String,
+        /// The slot's key label.
+        slot: &'static str,
+        /// Its `CKA_ID`.
+        id: u8,
+    },
     /// The key type cannot sign TLS 1.3 handshakes.
     #[error(
         "the card key is {0}, which cannot authenticate TLS 1.3 here (use P-256, P-384 or RSA)"
@@ -67,6 +132,8 @@ pub struct Card {
     key: KeyInfo,
     /// The PIV Authentication certificate (DER) read from the card.
     pub cert_der: Vec<u8>,
+    /// The card's signed CHUID (the data object [`CHUID_LABEL`]), when the card has one.
+    pub chuid: Option<Vec<u8>>,
     /// Token label.
     pub token: String,
 }
@@ -123,10 +190,12 @@ impl Card {
             token: token.to_owned(),
         })?;
         scheme_for(key.algorithm)?;
+        let chuid = read_chuid(module, token)?;
         Ok(Card {
             store,
             key,
             cert_der,
+            chuid,
             token: token.to_owned(),
         })
     }
@@ -170,6 +239,8 @@ impl Card {
             });
         };
         let (cert_id, cert_der) = found.swap_remove(i);
+        drop(session);
+        let chuid = read_chuid(module, token)?;
         let key = store
             .list()?
             .into_iter()
@@ -182,6 +253,7 @@ impl Card {
             store,
             key,
             cert_der,
+            chuid,
             token: token.to_owned(),
         })
     }
@@ -228,15 +300,37 @@ fn scheme_for(alg: KeyAlgorithm) -> Result<(Tls, qsi_hsm::SignatureScheme), Card
     }
 }
 
-/// Writes a certificate onto a card as the PIV Authentication certificate (public token object with the
-/// key's `CKA_ID`), as a card management system does after issuance.
-pub fn write_certificate(
+/// Reads the CHUID data object (public: no login needed), if the card has one.
+pub fn read_chuid(module: &Path, token: &str) -> Result<Option<Vec<u8>>, CardError> {
+    let ctx = qsi_hsm::pkcs11::shared_context(module)?;
+    let slot = qsi_hsm::pkcs11::find_slot(module, &TokenSelector::Label(token.to_owned()))?;
+    let session = ctx
+        .open_ro_session(slot)
+        .map_err(|e| p11(token, "C_OpenSession", e))?;
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(CHUID_LABEL.as_bytes().to_vec()),
+        ])
+        .map_err(|e| p11(token, "C_FindObjects", e))?;
+    let Some(h) = found.first() else {
+        return Ok(None);
+    };
+    let attrs = session
+        .get_attributes(*h, &[AttributeType::Value])
+        .map_err(|e| p11(token, "C_GetAttributeValue", e))?;
+    Ok(attrs.into_iter().find_map(|a| match a {
+        Attribute::Value(v) => Some(v),
+        _ => None,
+    }))
+}
+
+/// A read-write session on the card, logged in as the user.
+fn user_session(
     module: &Path,
     token: &str,
     pin: &Pin,
-    id: &[u8],
-    cert_der: &[u8],
-) -> Result<(), CardError> {
+) -> Result<cryptoki::session::Session, CardError> {
     let ctx = qsi_hsm::pkcs11::shared_context(module)?;
     let slot = qsi_hsm::pkcs11::find_slot(module, &TokenSelector::Label(token.to_owned()))?;
     let session = ctx
@@ -251,7 +345,67 @@ pub fn write_certificate(
         }
         Err(e) => return Err(p11(token, "C_Login", e)),
     }
-    let subject = subject_der(cert_der).map_err(|detail| CardError::Pkcs11 {
+    Ok(session)
+}
+
+/// Generates the key of a PIV slot on the card (non-extractable, sensitive; through the key store, so a
+/// wrong PIN says how the PIN counter stands), gives both halves the slot's `CKA_ID`, and returns its
+/// public key (DER SubjectPublicKeyInfo). Refuses a slot that already holds a key or certificate.
+pub fn generate_slot_key(
+    module: &Path,
+    token: &str,
+    pin: &Pin,
+    slot: PivSlot,
+    algorithm: KeyAlgorithm,
+) -> Result<Vec<u8>, CardError> {
+    if !matches!(
+        algorithm,
+        KeyAlgorithm::EcP256 | KeyAlgorithm::EcP384 | KeyAlgorithm::Rsa3072
+    ) {
+        return Err(CardError::UnsupportedKey(algorithm.name().to_owned()));
+    }
+    let store = Pkcs11Store::open(Pkcs11Config::new(
+        module,
+        TokenSelector::Label(token.to_owned()),
+        pin.clone(),
+    ))?;
+    let session = user_session(module, token, pin)?;
+    let taken = session
+        .find_objects(&[Attribute::Id(vec![slot.id])])
+        .map_err(|e| p11(token, "C_FindObjects", e))?;
+    let label_taken = store.list()?.iter().any(|k| k.label == slot.key_label);
+    if !taken.is_empty() || label_taken {
+        return Err(CardError::SlotOccupied {
+            token: token.to_owned(),
+            slot: slot.key_label,
+            id: slot.id,
+        });
+    }
+    let key = store.generate(slot.key_label, algorithm)?;
+    let spki = store.public_key_spki(&key)?;
+    let halves = session
+        .find_objects(&[Attribute::Id(key.id.clone())])
+        .map_err(|e| p11(token, "C_FindObjects", e))?;
+    for h in halves {
+        session
+            .update_attributes(h, &[Attribute::Id(vec![slot.id])])
+            .map_err(|e| p11(token, "C_SetAttributeValue(CKA_ID)", e))?;
+    }
+    Ok(spki)
+}
+
+/// Writes a certificate onto a card in `slot` (public token object with the key's `CKA_ID`, the slot's
+/// label, `CKA_SUBJECT`, `CKA_ISSUER` and `CKA_SERIAL_NUMBER`), as a card management system does after
+/// issuance.
+pub fn write_certificate(
+    module: &Path,
+    token: &str,
+    pin: &Pin,
+    slot: PivSlot,
+    cert_der: &[u8],
+) -> Result<(), CardError> {
+    let session = user_session(module, token, pin)?;
+    let (subject, issuer, serial) = cert_names(cert_der).map_err(|detail| CardError::Pkcs11 {
         token: token.to_owned(),
         function: "C_CreateObject",
         detail,
@@ -262,22 +416,61 @@ pub fn write_certificate(
             Attribute::CertificateType(CertificateType::X_509),
             Attribute::Token(true),
             Attribute::Private(false),
-            Attribute::Label(PIV_AUTH_CERT_LABEL.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
+            Attribute::Modifiable(true),
+            Attribute::Label(slot.cert_label.as_bytes().to_vec()),
+            Attribute::Id(vec![slot.id]),
             Attribute::Subject(subject),
+            Attribute::Issuer(issuer),
+            Attribute::SerialNumber(serial),
             Attribute::Value(cert_der.to_vec()),
         ])
-        .map_err(|e| p11(token, "C_CreateObject", e))?;
+        .map_err(|e| p11(token, "C_CreateObject(certificate)", e))?;
     Ok(())
 }
 
-fn subject_der(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+/// Writes the signed CHUID onto the card as a public `CKO_DATA` object named as OpenSC's PIV emulation
+/// names the CHUID container: `CKA_LABEL` and `CKA_APPLICATION` "Card Holder Unique Identifier",
+/// `CKA_OBJECT_ID` 2.16.840.1.101.3.7.2.48.0, `CKA_VALUE` the container's content (data elements, 0x3E
+/// signature, 0xFE). A CHUID already on the card is replaced (one per card).
+pub fn write_chuid(module: &Path, token: &str, pin: &Pin, chuid: &[u8]) -> Result<(), CardError> {
+    let session = user_session(module, token, pin)?;
+    let old = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(CHUID_LABEL.as_bytes().to_vec()),
+        ])
+        .map_err(|e| p11(token, "C_FindObjects", e))?;
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Modifiable(true),
+            Attribute::Label(CHUID_LABEL.as_bytes().to_vec()),
+            Attribute::Application(CHUID_LABEL.as_bytes().to_vec()),
+            Attribute::ObjectId(CHUID_OBJECT_ID.to_vec()),
+            Attribute::Value(chuid.to_vec()),
+        ])
+        .map_err(|e| p11(token, "C_CreateObject(CHUID data object)", e))?;
+    for h in old {
+        session
+            .destroy_object(h)
+            .map_err(|e| p11(token, "C_DestroyObject(old CHUID)", e))?;
+    }
+    Ok(())
+}
+
+/// (subject, issuer, serial number) of a certificate, each DER-encoded as PKCS#11 wants them.
+fn cert_names(cert_der: &[u8]) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
     use der::{Decode, Encode};
     let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| e.to_string())?;
-    cert.tbs_certificate()
-        .subject()
-        .to_der()
-        .map_err(|e| e.to_string())
+    let tbs = cert.tbs_certificate();
+    let enc = |r: der::Result<Vec<u8>>| r.map_err(|e| e.to_string());
+    Ok((
+        enc(tbs.subject().to_der())?,
+        enc(tbs.issuer().to_der())?,
+        enc(tbs.serial_number().to_der())?,
+    ))
 }
 
 /// Provisions a card as a card management system would: generates a P-256 PIV Authentication key on the
@@ -292,13 +485,7 @@ pub fn provision_with_test_ca(
     spec: &crate::access::testpki::CardSpec,
 ) -> anyhow::Result<(Vec<u8>, u64)> {
     use der::Decode;
-    let store = Pkcs11Store::open(Pkcs11Config::new(
-        module,
-        TokenSelector::Label(token.to_owned()),
-        pin.clone(),
-    ))?;
-    let key = store.generate(PIV_AUTH_KEY_LABEL, KeyAlgorithm::EcP256)?;
-    let spki = store.public_key_spki(&key)?;
+    let spki = generate_slot_key(module, token, pin, SLOT_PIV_AUTH, KeyAlgorithm::EcP256)?;
     let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(&spki)
         .map_err(|e| anyhow::anyhow!("card public key: {e}"))?;
     let public = crate::access::testpki::ForeignPublicKey {
@@ -306,6 +493,6 @@ pub fn provision_with_test_ca(
         alg: &rcgen::PKCS_ECDSA_P256_SHA256,
     };
     let (cert, serial) = ca.issue_card(&public, spec)?;
-    write_certificate(module, token, pin, &key.id, &cert)?;
+    write_certificate(module, token, pin, SLOT_PIV_AUTH, &cert)?;
     Ok((cert, serial))
 }

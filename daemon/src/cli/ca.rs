@@ -29,6 +29,8 @@ pub enum Command {
     Init(Box<InitArgs>),
     /// Issue a certificate under a profile from a PKCS#10 request or a key generated on a token
     Issue(Box<IssueArgs>),
+    /// Create the CA's PIV (or PIV-I) content signer, which signs the CHUID of every card it issues
+    ContentSigner(ContentSignerArgs),
     /// Cross-certify another CA (a bridge): mappings and constraints from a TOML file
     CrossCertify(CrossArgs),
     /// Revoke a certificate this CA issued
@@ -107,9 +109,15 @@ pub struct IssueArgs {
     /// Generate the subject's key on a token (a card token for PIV): p256, p384, rsa3072, ml-dsa-65, ml-dsa-87
     #[arg(long)]
     generate_key: Option<String>,
-    /// Token that gets the generated key (with --generate-key)
+    /// Token that gets the generated key (with --generate-key). For the card profiles (piv-auth,
+    /// piv-i-auth, *-card-auth, *-digital-signature) this is the card: the key goes into its PIV slot,
+    /// and the certificate and the CHUID signed by the CA's content signer are written onto it
     #[arg(long)]
     key_token: Option<String>,
+    /// PKCS#11 module of that token (default: the CA's module; OpenSC's opensc-pkcs11.so for a card in
+    /// a reader)
+    #[arg(long)]
+    key_module: Option<PathBuf>,
     /// PIN source of that token
     #[arg(long, default_value = "env:QSI_CARD_PIN")]
     key_pin: String,
@@ -140,6 +148,26 @@ pub struct IssueArgs {
     /// Where to write the certificate (DER)
     #[arg(long)]
     out: PathBuf,
+}
+
+/// `qsi ca content-signer`.
+#[derive(Args, Debug)]
+pub struct ContentSignerArgs {
+    /// The CA's directory
+    #[arg(long)]
+    dir: PathBuf,
+    /// piv-content-signing (signs PIV cards' CHUIDs) or piv-i-content-signing (PIV-I cards)
+    #[arg(long, default_value = "piv-content-signing")]
+    profile: String,
+    /// Key algorithm of the content signing key (in the CA's token)
+    #[arg(long, default_value = "p256")]
+    key_alg: String,
+    /// Subject DN (default `CN=<ca name> <profile>`)
+    #[arg(long)]
+    subject: Option<String>,
+    /// Validity in days (default: the profile's)
+    #[arg(long)]
+    days: Option<u32>,
 }
 
 /// `qsi ca cross-certify`.
@@ -561,6 +589,7 @@ fn issue_cmd(a: IssueArgs) -> Result<()> {
         days: a.days,
         ..Default::default()
     };
+    let mut card = None;
     match (&a.csr, &a.generate_key) {
         (Some(csr), None) => {
             let bytes = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
@@ -578,17 +607,45 @@ fn issue_cmd(a: IssueArgs) -> Result<()> {
                 anyhow!("--generate-key needs --key-token (the card token that gets the key)")
             })?;
             let cfg = read_config(&a.dir)?;
-            let store = open_store(&cfg.module, token, &a.key_pin)?;
-            let label = format!(
-                "{}-{}-{}",
-                a.profile,
-                alg,
-                a.uuid.as_deref().unwrap_or("key")
-            );
-            let key = HsmSigner::generate(store, &label, sig_alg(alg)?)
-                .map_err(|e| anyhow!("generating the key on token {token:?}: {e}"))?;
-            eprintln!("generated {} on token {token}", key.uri());
-            req.spki_hex = Some(hex::encode(key.public_key().to_der()?));
+            let module = a.key_module.clone().unwrap_or(cfg.module.clone());
+            let slot = crate::card::slot_for_profile(&a.profile);
+            // A PIV card edge has no ML-DSA slot: such keys stay sealed objects on the token, and no
+            // certificate or CHUID is written to it.
+            let slot = slot.filter(|_| !sig_alg(alg).is_ok_and(|s| s.is_ml_dsa()));
+            if let Some(slot) = slot {
+                if a.uuid.is_none() {
+                    bail!("a card needs --uuid (its certificate's and CHUID's card UUID)");
+                }
+                // Fail before touching the card when the CHUID could not be signed.
+                let content = content_signer(&a.dir, content_profile(&a.profile))?;
+                let key_alg = sig_alg(alg)?;
+                let key_alg =
+                    qsi_pki::ca::hsm_signer::key_algorithm(key_alg).map_err(|e| anyhow!("{e}"))?;
+                let pin = Pin::from_source(&a.key_pin)
+                    .with_context(|| format!("reading the card PIN from {}", a.key_pin))?;
+                let spki = crate::card::generate_slot_key(&module, token, &pin, slot, key_alg)
+                    .with_context(|| {
+                        format!("generating the {} on card {token:?}", slot.key_label)
+                    })?;
+                eprintln!(
+                    "generated {} (CKA_ID {:02X}) on card {token}",
+                    slot.key_label, slot.id
+                );
+                req.spki_hex = Some(hex::encode(spki));
+                card = Some((module, token.to_owned(), pin, slot, content));
+            } else {
+                let store = open_store(&module, token, &a.key_pin)?;
+                let label = format!(
+                    "{}-{}-{}",
+                    a.profile,
+                    alg,
+                    a.uuid.as_deref().unwrap_or("key")
+                );
+                let key = HsmSigner::generate(store, &label, sig_alg(alg)?)
+                    .map_err(|e| anyhow!("generating the key on token {token:?}: {e}"))?;
+                eprintln!("generated {} on token {token}", key.uri());
+                req.spki_hex = Some(hex::encode(key.public_key().to_der()?));
+            }
         }
         _ => bail!("give --csr FILE or --generate-key ALG --key-token LABEL"),
     }
@@ -596,13 +653,162 @@ fn issue_cmd(a: IssueArgs) -> Result<()> {
     let rec = resp
         .record
         .ok_or_else(|| anyhow!("no certificate returned"))?;
-    write_atomic(&a.out, &rec.der().map_err(|e| anyhow!("{e}"))?)?;
+    let der = rec.der().map_err(|e| anyhow!("{e}"))?;
+    write_atomic(&a.out, &der)?;
     println!(
         "issued {} serial {} -> {}",
         rec.profile,
         rec.serial,
         a.out.display()
     );
+    if let Some((module, token, pin, slot, content)) = card {
+        write_card(&a, &module, &token, &pin, slot, &der, &content)?;
+        println!(
+            "card {token}: {} (CKA_ID {:02X}) and signed CHUID ({}) written",
+            slot.cert_label,
+            slot.id,
+            content.1.tbs_certificate().subject()
+        );
+    }
+    Ok(())
+}
+
+/// The content-signing profile whose signer signs the CHUID of cards issued under `profile`.
+fn content_profile(profile: &str) -> &'static str {
+    if profile.starts_with("piv-i-") {
+        "piv-i-content-signing"
+    } else {
+        "piv-content-signing"
+    }
+}
+
+/// The content signer of a CA: its certificate (`<profile>.der` in the CA directory) and its key (label
+/// `<ca name>-<profile>` in the CA's token).
+fn content_signer(dir: &Path, profile: &str) -> Result<(HsmSigner, Certificate)> {
+    let cfg = read_config(dir)?;
+    let path = dir.join(format!("{profile}.der"));
+    if !path.exists() {
+        bail!(
+            "this CA has no {profile} content signer to sign the card's CHUID: run `qsi ca content-signer --dir {} --profile {profile}` first",
+            dir.display()
+        );
+    }
+    let cert = read_cert(&path)?;
+    let store = open_store(&cfg.module, &cfg.token, &cfg.pin)?;
+    let label = format!("{}-{profile}", cfg.name);
+    let signer = HsmSigner::find(store, &label).map_err(|e| {
+        anyhow!(
+            "content signing key {label:?} not found in token {:?}: {e}",
+            cfg.token
+        )
+    })?;
+    if signer.public_key() != cert.tbs_certificate().subject_public_key_info() {
+        bail!(
+            "{} does not certify the key {label:?}: re-run `qsi ca content-signer`",
+            path.display()
+        );
+    }
+    Ok((signer, cert))
+}
+
+fn content_signer_cmd(a: ContentSignerArgs) -> Result<()> {
+    if !matches!(
+        a.profile.as_str(),
+        "piv-content-signing" | "piv-i-content-signing"
+    ) {
+        bail!(
+            "--profile {:?}: use piv-content-signing or piv-i-content-signing",
+            a.profile
+        );
+    }
+    let cfg = read_config(&a.dir)?;
+    let path = a.dir.join(format!("{}.der", a.profile));
+    if path.exists() {
+        bail!(
+            "{} exists: this CA already has a {} content signer",
+            path.display(),
+            a.profile
+        );
+    }
+    let store = open_store(&cfg.module, &cfg.token, &cfg.pin)?;
+    let label = format!("{}-{}", cfg.name, a.profile);
+    let key = HsmSigner::generate(store, &label, sig_alg(&a.key_alg)?)
+        .map_err(|e| anyhow!("generating {label:?} in token {:?}: {e}", cfg.token))?;
+    let req = IssueRequest {
+        profile: a.profile.clone(),
+        spki_hex: Some(hex::encode(key.public_key().to_der()?)),
+        subject: Some(
+            a.subject
+                .clone()
+                .unwrap_or_else(|| format!("CN={} {}", cfg.name, a.profile)),
+        ),
+        days: a.days,
+        ..Default::default()
+    };
+    let resp = dispatch(&a.dir, AdminRequest::Issue(Box::new(req)))?;
+    let rec = resp
+        .record
+        .ok_or_else(|| anyhow!("no certificate returned"))?;
+    write_atomic(&path, &rec.der().map_err(|e| anyhow!("{e}"))?)?;
+    println!(
+        "content signer {} serial {} (key {}) -> {}",
+        a.profile,
+        rec.serial,
+        key.uri(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes an issued card certificate into its PIV slot and the CHUID, signed by the CA's content signer,
+/// onto the card.
+fn write_card(
+    a: &IssueArgs,
+    module: &Path,
+    token: &str,
+    pin: &Pin,
+    slot: crate::card::PivSlot,
+    cert_der: &[u8],
+    content: &(HsmSigner, Certificate),
+) -> Result<()> {
+    crate::card::write_certificate(module, token, pin, slot, cert_der)
+        .with_context(|| format!("writing the certificate onto card {token:?}"))?;
+    let cert = Certificate::from_der(cert_der)?;
+    let ids = parse_ids(a)?;
+    // PIV-I cards without a FASC-N of their own carry the non-federal placeholder in the CHUID
+    // (agency 9999); the portal then matches the UUID only.
+    let fascn = match ids.fascn {
+        Some(f) => f,
+        None => "S9999F9999F999999F0F1F0000000000300001E"
+            .parse()
+            .map_err(|e| anyhow!("placeholder FASC-N: {e}"))?,
+    };
+    let guid = ids
+        .uuid
+        .ok_or_else(|| anyhow!("a card needs --uuid (the CHUID's GUID)"))?;
+    let not_after = cert
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_unix_duration();
+    let secs = i64::try_from(not_after.as_secs()).unwrap_or(i64::MAX);
+    let expiry = time::OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|e| anyhow!("certificate notAfter: {e}"))?;
+    let chuid = qsi_pki::chuid::Chuid {
+        fascn,
+        guid,
+        expiry: format!(
+            "{:04}{:02}{:02}",
+            expiry.year(),
+            u8::from(expiry.month()),
+            expiry.day()
+        ),
+    };
+    let buf = chuid
+        .sign(&content.0, &content.1)
+        .map_err(|e| anyhow!("signing the CHUID: {e}"))?;
+    crate::card::write_chuid(module, token, pin, &buf)
+        .with_context(|| format!("writing the CHUID onto card {token:?}"))?;
     Ok(())
 }
 
@@ -699,6 +905,7 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Init(a) => init(*a),
         Command::Issue(a) => issue_cmd(*a),
+        Command::ContentSigner(a) => content_signer_cmd(a),
         Command::CrossCertify(a) => cross_cmd(a),
         Command::Revoke(a) => revoke_cmd(a),
         Command::Crl(a) => crl_cmd(a),

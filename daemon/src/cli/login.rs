@@ -58,7 +58,7 @@ async fn login(args: Args) -> anyhow::Result<()> {
     )?;
     let mut client =
         PortalClient::connect(args.portal, &args.server_name, Arc::new(config)).await?;
-    let login = client.login().await?;
+    let login = client.login_with_chuid(card.chuid.as_deref()).await?;
     if login.status != StatusCode::OK {
         let why = login.error().unwrap_or("no reason given").to_owned();
         anyhow::bail!("the portal refused the login: {why}");

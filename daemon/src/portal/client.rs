@@ -96,6 +96,16 @@ impl PortalClient {
         path: &str,
         token: Option<&str>,
     ) -> anyhow::Result<Answer> {
+        self.send(method, path, token, Bytes::new()).await
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Bytes,
+    ) -> anyhow::Result<Answer> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -103,7 +113,10 @@ impl PortalClient {
         if let Some(t) = token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = req.body(Full::new(Bytes::new()))?;
+        if !body.is_empty() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body))?;
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
@@ -115,7 +128,21 @@ impl PortalClient {
 
     /// Logs in; on success keeps the token for the following requests on this connection.
     pub async fn login(&mut self) -> anyhow::Result<Answer> {
-        let a = self.request(Method::POST, "/login").await?;
+        self.login_with_chuid(None).await
+    }
+
+    /// Logs in presenting the card's signed CHUID (read from the card), which the portal checks against
+    /// the certificate the card authenticated with.
+    pub async fn login_with_chuid(&mut self, chuid: Option<&[u8]>) -> anyhow::Result<Answer> {
+        use base64::Engine as _;
+        let body = match chuid {
+            Some(c) => Bytes::from(
+                serde_json::json!({ "chuid": base64::engine::general_purpose::STANDARD.encode(c) })
+                    .to_string(),
+            ),
+            None => Bytes::new(),
+        };
+        let a = self.send(Method::POST, "/login", None, body).await?;
         if a.status == StatusCode::OK {
             self.token = a
                 .body

@@ -62,6 +62,10 @@ pub struct RawTrust {
     /// `require` (default): every CA and card on the path needs a CRL here; `best-effort`; `off`.
     #[serde(default)]
     pub revocation: Option<String>,
+    /// The card's signed CHUID: `require` (default: a card without one is refused), `if-present`
+    /// (checked when the client sends one), `off`.
+    #[serde(default)]
+    pub chuid: Option<String>,
 }
 
 /// `[[object]]`.
@@ -88,8 +92,21 @@ pub struct RawService {
     pub upstream: String,
 }
 
+/// How the portal treats the card's signed CHUID (SP 800-73-4), which `qsi login` reads from the card and
+/// sends with the login: its signature must verify under a content signer this site trusts, and its
+/// FASC-N and UUID must be the certificate's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChuidMode {
+    /// Every login must present a valid CHUID.
+    Require,
+    /// A CHUID sent is checked; a login without one goes on.
+    IfPresent,
+    /// CHUIDs are ignored.
+    Off,
+}
+
 /// A labelled data object.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DataObject {
     /// Its label.
     pub label: Label,
@@ -98,7 +115,7 @@ pub struct DataObject {
 }
 
 /// A labelled forwarded service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// Its label.
     pub label: Label,
@@ -107,7 +124,7 @@ pub struct Service {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortalConfig {
     /// Listen address.
     pub listen: SocketAddr,
@@ -131,6 +148,8 @@ pub struct PortalConfig {
     pub intermediates: Vec<PathBuf>,
     /// Revocation mode.
     pub revocation: qsi_pki::validate::RevocationMode,
+    /// What to do with the card's CHUID.
+    pub chuid: ChuidMode,
     /// Data objects by id.
     pub objects: BTreeMap<String, DataObject>,
     /// Services by name.
@@ -225,6 +244,17 @@ impl PortalConfig {
                 ));
             }
         };
+        let chuid = match raw.trust.chuid.as_deref() {
+            None | Some("require") => ChuidMode::Require,
+            Some("if-present") => ChuidMode::IfPresent,
+            Some("off") => ChuidMode::Off,
+            Some(other) => {
+                return Err(field(
+                    "trust.chuid",
+                    format!("{other:?}: write \"require\", \"if-present\" or \"off\""),
+                ));
+            }
+        };
         for (i, p) in raw.trust.accepted_policies.iter().enumerate() {
             if p.parse::<der::asn1::ObjectIdentifier>().is_err() {
                 return Err(field(
@@ -312,6 +342,7 @@ impl PortalConfig {
             accepted_policies: raw.trust.accepted_policies,
             intermediates: raw.trust.intermediates.iter().map(|p| rel(p)).collect(),
             revocation,
+            chuid,
             objects,
             services,
         })

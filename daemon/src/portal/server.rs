@@ -174,10 +174,19 @@ impl Portal {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Validates the connection's card and opens a session.
+    /// Validates the connection's card and opens a session (no CHUID presented).
     pub fn login(&self, conn: &ConnInfo) -> Result<(Token, Session), LoginRefusal> {
+        self.login_with(conn, None)
+    }
+
+    /// Validates the connection's card, and the CHUID the client read from it, and opens a session.
+    pub fn login_with(
+        &self,
+        conn: &ConnInfo,
+        chuid: Option<&[u8]>,
+    ) -> Result<(Token, Session), LoginRefusal> {
         let now = self.now();
-        let result = self.try_login(conn, now);
+        let result = self.try_login(conn, chuid, now);
         match &result {
             Ok((_, s)) => self.audit(AuditEvent::Login {
                 person: s.person.clone(),
@@ -202,7 +211,77 @@ impl Portal {
         result
     }
 
-    fn try_login(&self, conn: &ConnInfo, now: i64) -> Result<(Token, Session), LoginRefusal> {
+    /// Checks a card's CHUID against its validated certificate: the CMS signature, a content signer this
+    /// site trusts (path and id-PIV-content-signing EKU), the expiry date, and that its FASC-N and UUID are
+    /// the certificate's.
+    fn check_chuid(
+        &self,
+        ee: &CertificateDer<'_>,
+        chuid: Option<&[u8]>,
+        now: i64,
+    ) -> Result<(), CardRefusal> {
+        use super::config::ChuidMode;
+        let refuse = |m: String| CardRefusal::Chuid(m);
+        let buf = match (self.config.chuid, chuid) {
+            (ChuidMode::Off, _) | (ChuidMode::IfPresent, None) => return Ok(()),
+            (ChuidMode::Require, None) => {
+                return Err(refuse(
+                    "this site requires your card's signed CHUID and none was sent: use `qsi login`, and have a card office re-provision the card if it has no CHUID".into(),
+                ));
+            }
+            (_, Some(b)) => b,
+        };
+        let v = qsi_pki::chuid::VerifiedChuid::verify(buf)
+            .map_err(|e| refuse(format!("your card's CHUID is not validly signed: {e}")))?;
+        let signer_der = der::Encode::to_der(&v.signer)
+            .map_err(|e| refuse(format!("the CHUID signer certificate: {e}")))?;
+        let secs = u64::try_from(now).unwrap_or(0);
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        self.validator
+            .validate_content_signer(&CertificateDer::from(signer_der), at)?;
+        let content_signing = qsi_pki::profiles::oid::PIV_CONTENT_SIGNING;
+        let eku = v
+            .signer
+            .tbs_certificate()
+            .get_extension::<x509_cert::ext::pkix::ExtendedKeyUsage>()
+            .ok()
+            .flatten()
+            .is_some_and(|(_, e)| e.0.contains(&content_signing));
+        if !eku {
+            return Err(refuse(
+                "your card's CHUID was signed by a certificate that is not a PIV content signer"
+                    .into(),
+            ));
+        }
+        let today = time::OffsetDateTime::from_unix_timestamp(now)
+            .map(|t| format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day()))
+            .unwrap_or_default();
+        if v.chuid.expiry < today {
+            return Err(refuse(format!(
+                "your card expired on {} (CHUID): ask your card office for a new card",
+                v.chuid.expiry
+            )));
+        }
+        let id = CardIdentity::from_cert_der(ee).map_err(|e| refuse(e.to_string()))?;
+        let fascn_ok = id
+            .fascn
+            .as_ref()
+            .is_none_or(|f| *f == hex::encode_upper(&v.fascn_bytes));
+        let uuid_ok = id.uuid.is_none_or(|u| u == v.chuid.guid);
+        if !fascn_ok || !uuid_ok {
+            return Err(refuse(
+                "the CHUID on your card names another card (its FASC-N or UUID differs from your certificate's)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn try_login(
+        &self,
+        conn: &ConnInfo,
+        chuid: Option<&[u8]>,
+        now: i64,
+    ) -> Result<(Token, Session), LoginRefusal> {
         let (ee, intermediates) = conn.chain.split_first().ok_or(CardRefusal::NoCertificate)?;
         let secs = u64::try_from(now).unwrap_or(0);
         let validated = self.validator.validate(
@@ -214,6 +293,7 @@ impl Portal {
         if !accepted.is_empty() && !validated.policies.iter().any(|p| accepted.contains(p)) {
             return Err(CardRefusal::PolicyNotAccepted.into());
         }
+        self.check_chuid(ee, chuid, now)?;
         let id =
             CardIdentity::from_cert_der(ee).map_err(|e| LoginRefusal::NotACard(e.to_string()))?;
         let person = self
@@ -282,26 +362,41 @@ impl Portal {
         }
     }
 
+    fn login_answer(&self, conn: &ConnInfo, chuid: Option<&[u8]>) -> Resp {
+        match self.login_with(conn, chuid) {
+            Ok((token, s)) => json_response(
+                StatusCode::OK,
+                json!({
+                    "token": token.expose(),
+                    "session": s.id,
+                    "person": s.person,
+                    "name": s.name,
+                    "clearance": s.clearance.to_string(),
+                    "policies": s.policies,
+                    "expires_at": s.expires_at,
+                }),
+            ),
+            Err(e) => error(StatusCode::FORBIDDEN, e),
+        }
+    }
+
     /// Handles one request on a connection.
     pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_owned();
         let token = bearer(&req);
         let segments: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
-        match (req.method(), segments.as_slice()) {
-            (&Method::POST, ["login"]) => match self.login(conn) {
-                Ok((token, s)) => json_response(
-                    StatusCode::OK,
-                    json!({
-                        "token": token.expose(),
-                        "session": s.id,
-                        "person": s.person,
-                        "name": s.name,
-                        "clearance": s.clearance.to_string(),
-                        "policies": s.policies,
-                        "expires_at": s.expires_at,
-                    }),
-                ),
-                Err(e) => error(StatusCode::FORBIDDEN, e),
+        let method = req.method().clone();
+        match (&method, segments.as_slice()) {
+            (&Method::POST, ["login"]) => match login_body(req).await {
+                Ok(chuid) => self.login_answer(conn, chuid.as_deref()),
+                Err(why) => {
+                    self.audit(AuditEvent::LoginRefused {
+                        reason: why.clone(),
+                        card: None,
+                        peer: conn.peer.to_string(),
+                    });
+                    error(StatusCode::BAD_REQUEST, why)
+                }
             },
             (&Method::POST, ["logout"]) => {
                 let now = self.now();
@@ -441,6 +536,29 @@ impl Portal {
             .await;
         self.connection_closed(&conn);
         result.map_err(Into::into)
+    }
+}
+
+/// The body of `POST /login`: empty, or JSON `{"chuid": "<base64 of the card's CHUID>"}`.
+async fn login_body(req: Request<Incoming>) -> Result<Option<Vec<u8>>, String> {
+    use base64::Engine as _;
+    let bytes = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| format!("the login request could not be read: {e}"))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("the login request is not JSON: {e}"))?;
+    match v.get("chuid") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Some)
+            .map_err(|_| "the login request's chuid is not base64".to_owned()),
+        Some(_) => Err("the login request's chuid must be a base64 string".to_owned()),
     }
 }
 

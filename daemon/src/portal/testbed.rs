@@ -220,6 +220,8 @@ impl Testbed {
             accepted_policies: vec![],
             intermediates: vec![],
             revocation: qsi_pki::validate::RevocationMode::Require,
+            // Testbed cards come from an rcgen test CA without a content signer.
+            chuid: super::config::ChuidMode::IfPresent,
             objects,
             services,
         };

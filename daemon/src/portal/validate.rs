@@ -40,6 +40,9 @@ pub enum CardRefusal {
     /// The certificate is malformed or otherwise invalid.
     #[error("your card certificate is invalid: {0}")]
     Invalid(String),
+    /// The card's CHUID is missing, does not verify, or names another card.
+    #[error("{0}")]
+    Chuid(String),
 }
 
 /// What a validated card certificate proves.
@@ -61,6 +64,20 @@ pub trait CardValidator: Send + Sync + std::fmt::Debug {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ValidatedCard, CardRefusal>;
+
+    /// Validates the path of a CHUID's content signing certificate at `now` (any policy; the caller checks
+    /// the id-PIV-content-signing EKU). Engines that cannot validate it refuse.
+    fn validate_content_signer(
+        &self,
+        signer: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> Result<(), CardRefusal> {
+        let _ = (signer, now);
+        Err(CardRefusal::Chuid(
+            "this site's validation engine cannot check CHUID signers; set trust.chuid = \"off\""
+                .into(),
+        ))
+    }
 }
 
 /// Path validation by rustls-webpki: trust anchors, validity, clientAuth EKU and CRLs (the whole chain),
@@ -133,6 +150,7 @@ pub struct PkiCardValidator {
     candidates: Vec<qsi_pki::validate::Cert>,
     crls: Vec<qsi_pki::revocation::crl::Crl>,
     options: qsi_pki::validate::ValidationOptions,
+    signer_options: qsi_pki::validate::ValidationOptions,
 }
 
 impl std::fmt::Debug for PkiCardValidator {
@@ -180,11 +198,16 @@ impl PkiCardValidator {
             revocation,
             ..ValidationOptions::default()
         };
+        let signer_options = ValidationOptions {
+            revocation,
+            ..ValidationOptions::default()
+        };
         Ok(PkiCardValidator {
             anchors,
             candidates,
             crls,
             options,
+            signer_options,
         })
     }
 }
@@ -221,5 +244,25 @@ impl CardValidator for PkiCardValidator {
                 })
             }
         }
+    }
+
+    fn validate_content_signer(
+        &self,
+        signer: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> Result<(), CardRefusal> {
+        use qsi_pki::validate::{Cert, ValidationInput};
+        let target = Cert::from_der(signer).map_err(|e| CardRefusal::Chuid(e.to_string()))?;
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+        let mut input = ValidationInput::new(&self.anchors, &target, time, &self.signer_options);
+        input.candidates = &self.candidates;
+        input.crls = &self.crls;
+        qsi_pki::validate::validate(&input)
+            .map(|_| ())
+            .map_err(|e| {
+                CardRefusal::Chuid(format!(
+                    "the content signer of your card's CHUID is not trusted here: {e}"
+                ))
+            })
     }
 }
