@@ -461,7 +461,9 @@ pub fn write_chuid(module: &Path, token: &str, pin: &Pin, chuid: &[u8]) -> Resul
 }
 
 /// (subject, issuer, serial number) of a certificate, each DER-encoded as PKCS#11 wants them.
-fn cert_names(cert_der: &[u8]) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+type CertNames = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn cert_names(cert_der: &[u8]) -> Result<CertNames, String> {
     use der::{Decode, Encode};
     let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| e.to_string())?;
     let tbs = cert.tbs_certificate();
