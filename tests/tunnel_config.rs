@@ -18,7 +18,12 @@ const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
 /// Copies an example next to freshly generated credentials for the sites it names.
 fn example_in_tempdir(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    testbed::write_pki(dir.path(), &["site-a", "site-b", "hq"]).unwrap();
+    // hq follows the CNSA 2.0 template, which needs an ML-DSA-87 site certificate.
+    let opts = testbed::PkiOptions {
+        site_algs: vec![("hq".into(), &rcgen::PKCS_ML_DSA_87)],
+        ..Default::default()
+    };
+    testbed::write_test_pki(dir.path(), &["site-a", "site-b", "hq"], &opts).unwrap();
     let dst = dir.path().join(name);
     std::fs::copy(Path::new(EXAMPLES).join(name), &dst).unwrap();
     (dir, dst)
@@ -72,6 +77,7 @@ quic = "127.0.0.1:7443"
 certificate = "site-a.crt"
 private_key = "site-a.key"
 trust_anchors = ["ca.crt"]
+crls = ["ca.crl"]
 [[peer]]
 name = "site-b"
 identity = { dns = "site-b.qsi.test" }
@@ -250,9 +256,21 @@ fn a_exposes_echo2(pair: &Pair, rt: &tokio::runtime::Runtime) {
 
 #[test]
 fn cnsa_profile_negotiates_mlkem1024_and_mismatched_policies_do_not_connect() {
+    // CNSA 2.0 authenticates with ML-DSA-87 (a P-256 site is refused at config load: tunnel_auth.rs).
+    let mldsa87 = |dir: &Path| {
+        let opts = testbed::PkiOptions {
+            site_algs: vec![
+                ("site-a".into(), &rcgen::PKCS_ML_DSA_87),
+                ("site-b".into(), &rcgen::PKCS_ML_DSA_87),
+            ],
+            ..Default::default()
+        };
+        testbed::write_test_pki(dir, &["site-a", "site-b"], &opts).unwrap();
+    };
     for transport in ["quic", "tls"] {
         let dir = tempfile::tempdir().unwrap();
-        let (mut a, mut b) = testbed::pair(dir.path(), transport).unwrap();
+        mldsa87(dir.path());
+        let (mut a, mut b) = testbed::pair_configs(dir.path(), transport).unwrap();
         a.key_exchange = Some(vec!["mlkem1024".into()]);
         b.key_exchange = Some(vec!["mlkem1024".into()]);
         let _qb = Qsid::start(QSID.as_ref(), &b.write(dir.path()).unwrap()).unwrap();
@@ -266,7 +284,8 @@ fn cnsa_profile_negotiates_mlkem1024_and_mismatched_policies_do_not_connect() {
     }
     // A offers only ML-KEM-1024, B accepts only X25519MLKEM768: no tunnel, and the failure is counted.
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, b) = testbed::pair(dir.path(), "tls").unwrap();
+    mldsa87(dir.path());
+    let (mut a, b) = testbed::pair_configs(dir.path(), "tls").unwrap();
     a.key_exchange = Some(vec!["mlkem1024".into()]);
     let qb = Qsid::start(QSID.as_ref(), &b.write(dir.path()).unwrap()).unwrap();
     let qa = Qsid::start(QSID.as_ref(), &a.write(dir.path()).unwrap()).unwrap();

@@ -12,8 +12,17 @@
 //! tls = "127.0.0.1:7443"             # TCP
 //! [tls]
 //! certificate = "site-a.crt"         # PEM chain, end-entity first
-//! private_key = "site-a.key"         # PEM (PKCS#8, SEC1 or PKCS#1)
+//! private_key = "site-a.key"         # PEM (PKCS#8, SEC1 or PKCS#1), or an RFC 7512 URI of a key in an
+//!                                    # HSM: "pkcs11:token=site-a;object=tls-2026;type=private"
 //! trust_anchors = ["ca.crt"]
+//! intermediates = ["bridge.p7c"]     # untrusted: intermediates, bridge cross-certificates (PEM/DER/.p7c)
+//! policies = ["2.16.840.1.101.3.2.1.3.13"]  # acceptable policies (initial-policy-set); none = any
+//! revocation = "require"             # "require" (default), "best-effort", "off"
+//! crls = ["ca.crl"]                  # CRL files; distribution points are fetched over HTTP as well
+//! crl_stale_grace_secs = 0           # a CRL past nextUpdate is refused (default) or used this long
+//! # [tls.pkcs11]                     # with a pkcs11: private_key
+//! # module = "/usr/lib/softhsm/libsofthsm2.so"   # default: SoftHSM2's usual paths
+//! # pin = "file:site-a.pin"          # or "env:QSI_SITE_PIN"; never the PIN itself
 //! key_exchange = ["x25519mlkem768"]  # default policy for every peer
 //! [[peer]]
 //! name = "site-b"
@@ -164,12 +173,43 @@ pub struct RawListen {
 pub struct RawTls {
     /// PEM certificate chain.
     pub certificate: PathBuf,
-    /// PEM private key.
+    /// PEM private key, or a `pkcs11:` URI (RFC 7512) of a key in a token.
     pub private_key: PathBuf,
     /// PEM trust anchors.
     pub trust_anchors: Vec<PathBuf>,
     /// Default key-exchange groups, in preference order.
     pub key_exchange: Option<Vec<String>>,
+    /// Untrusted certificates for path building (PEM, DER or .p7c files).
+    #[serde(default)]
+    pub intermediates: Vec<PathBuf>,
+    /// Acceptable certificate policy OIDs (user-initial-policy-set); empty accepts any valid path.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// initial-explicit-policy (default: true when `policies` is given).
+    pub require_explicit_policy: Option<bool>,
+    /// initial-policy-mapping-inhibit (default false).
+    pub inhibit_policy_mapping: Option<bool>,
+    /// `require` (default), `best-effort` or `off`.
+    pub revocation: Option<String>,
+    /// CRL files (PEM or DER).
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Fetch CRLs from the certificates' http:// distribution points (default true).
+    pub crl_fetch: Option<bool>,
+    /// Seconds a CRL past nextUpdate stays usable when no fresh one can be had (default 0: refused).
+    pub crl_stale_grace_secs: Option<u64>,
+    /// The token of a `pkcs11:` private key.
+    pub pkcs11: Option<RawPkcs11>,
+}
+
+/// `[tls.pkcs11]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPkcs11 {
+    /// The PKCS#11 module (default: SoftHSM2's usual paths, or the URI's `module-path`).
+    pub module: Option<PathBuf>,
+    /// `file:PATH` or `env:NAME` (or the URI's `pin-source`).
+    pub pin: Option<String>,
 }
 
 /// `[admin]`
@@ -354,27 +394,69 @@ impl fmt::Debug for SecretKey {
     }
 }
 
+/// Where the site's private key is.
+#[derive(Clone)]
+pub enum SiteKey {
+    /// A PEM file, held in memory (zeroized on drop).
+    File(std::sync::Arc<SecretKey>),
+    /// A key in a PKCS#11 token: every TLS signature is made by the token.
+    Hsm {
+        /// The key's RFC 7512 URI as configured.
+        uri: String,
+        /// The signing key.
+        key: std::sync::Arc<qsi_hsm::HsmSigningKey>,
+    },
+}
+
 /// The site's certificate chain and key, checked to match.
 #[derive(Clone)]
 pub struct Credentials {
     /// End-entity first.
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key.
-    pub key: std::sync::Arc<SecretKey>,
+    pub key: SiteKey,
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = match &self.key {
+            SiteKey::File(_) => "[redacted]".to_string(),
+            SiteKey::Hsm { uri, .. } => uri.clone(),
+        };
         f.debug_struct("Credentials")
             .field("chain_len", &self.chain.len())
-            .field("key", &"[redacted]")
+            .field("key", &key)
             .finish()
     }
 }
 
 impl PartialEq for Credentials {
     fn eq(&self, other: &Self) -> bool {
-        self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
+        self.chain == other.chain
+            && match (&self.key, &other.key) {
+                (SiteKey::File(a), SiteKey::File(b)) => a.secret_der() == b.secret_der(),
+                (SiteKey::Hsm { uri: a, key: ka }, SiteKey::Hsm { uri: b, key: kb }) => {
+                    a == b && ka.spki() == kb.spki()
+                }
+                _ => false,
+            }
+    }
+}
+
+impl Credentials {
+    /// The chain with a rustls signing key (parsed by `provider` for a file key; the token's for an HSM key).
+    pub fn certified_key(
+        &self,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<std::sync::Arc<rustls::sign::CertifiedKey>, rustls::Error> {
+        let signer: std::sync::Arc<dyn rustls::sign::SigningKey> = match &self.key {
+            SiteKey::File(k) => provider.key_provider.load_private_key(k.clone_key())?,
+            SiteKey::Hsm { key, .. } => key.clone(),
+        };
+        Ok(std::sync::Arc::new(rustls::sign::CertifiedKey::new(
+            self.chain.clone(),
+            signer,
+        )))
     }
 }
 
@@ -436,8 +518,8 @@ pub struct Config {
     pub listen_tls: Option<SocketAddr>,
     /// Our certificate chain and key.
     pub credentials: Credentials,
-    /// Trust anchors (DER).
-    pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// How peers are validated (anchors, intermediates, policies, revocation).
+    pub trust: crate::auth::TrustSettings,
     /// Admin socket path.
     pub admin_socket: Option<PathBuf>,
     /// Metrics listen address.
@@ -670,47 +752,8 @@ impl RawConfig {
             .map(|v| parse_listen("listen.tls", v))
             .transpose()?;
 
-        // Credentials: chain, key, and that they belong together.
-        let chain = read_certs("tls.certificate", base, &self.tls.certificate)?;
-        let key = read_key("tls.private_key", base, &self.tls.private_key)?;
-        let provider = crate::tls::base_provider();
-        match rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider) {
-            Ok(_) => {}
-            Err(rustls::Error::InconsistentKeys(_)) => {
-                return Err(ConfigError::KeyMismatch {
-                    cert: base.join(&self.tls.certificate),
-                    key: base.join(&self.tls.private_key),
-                });
-            }
-            Err(e) => {
-                return Err(ConfigError::File {
-                    field: "tls.private_key".into(),
-                    path: base.join(&self.tls.private_key),
-                    problem: format!("the key cannot sign: {e}"),
-                    fix: "use an ECDSA P-256/P-384, Ed25519 or RSA key".into(),
-                });
-            }
-        }
-        if self.tls.trust_anchors.is_empty() {
-            return Err(invalid(
-                "tls.trust_anchors",
-                "no trust anchor given, so no peer could be authenticated",
-                "list the PEM file(s) of the CA(s) that issue your peers' certificates",
-            ));
-        }
-        let mut trust_anchors = Vec::new();
-        for (i, p) in self.tls.trust_anchors.iter().enumerate() {
-            let field = format!("tls.trust_anchors[{i}]");
-            for c in read_certs(&field, base, p)? {
-                webpki::anchor_from_trusted_cert(&c).map_err(|e| ConfigError::File {
-                    field: field.clone(),
-                    path: base.join(p),
-                    problem: format!("not usable as a trust anchor: {e}"),
-                    fix: "give the CA certificate in PEM".into(),
-                })?;
-                trust_anchors.push(c);
-            }
-        }
+        let credentials = read_credentials(&self.tls, base)?;
+        let trust = read_trust(&self.tls, base, &credentials)?;
         let default_kx = match &self.tls.key_exchange {
             Some(list) => parse_groups("tls.key_exchange", list)?,
             None => vec![KxGroup::X25519MlKem768],
@@ -921,15 +964,13 @@ impl RawConfig {
             });
         }
 
+        check_own_key_policy(&credentials, &peers)?;
         Ok(Config {
             site: self.site,
             listen_quic,
             listen_tls,
-            credentials: Credentials {
-                chain,
-                key: std::sync::Arc::new(SecretKey(key)),
-            },
-            trust_anchors,
+            credentials,
+            trust,
             admin_socket,
             metrics_listen,
             peers,
@@ -937,6 +978,285 @@ impl RawConfig {
             exposes,
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The [tls] section: the site's credentials (a PEM key or a key in a PKCS#11 token) and how peers are
+// validated (anchors, intermediates and bridge cross-certificates, policies, revocation).
+
+const PKCS11_URI_FIX: &str = "write an RFC 7512 URI naming the token and the key, e.g. \"pkcs11:token=site-a;object=tls-2026;type=private\"";
+
+/// Reads the chain and key, opens the token for a `pkcs11:` key, and checks that they belong together.
+fn read_credentials(tls: &RawTls, base: &Path) -> Result<Credentials, ConfigError> {
+    let chain = read_certs("tls.certificate", base, &tls.certificate)?;
+    let key_text = tls.private_key.to_string_lossy();
+    let key = if key_text.starts_with("pkcs11:") || key_text.starts_with("PKCS11:") {
+        open_hsm_key(&key_text, tls.pkcs11.as_ref(), base)?
+    } else {
+        if tls.pkcs11.is_some() {
+            return Err(invalid(
+                "tls.pkcs11",
+                "a token is configured but tls.private_key is a file",
+                format!(
+                    "set tls.private_key to the key's URI ({PKCS11_URI_FIX}) or remove [tls.pkcs11]"
+                ),
+            ));
+        }
+        let der = read_key("tls.private_key", base, &tls.private_key)?;
+        SiteKey::File(std::sync::Arc::new(SecretKey(der)))
+    };
+    let creds = Credentials { chain, key };
+    let key_path = base.join(&tls.private_key);
+    let certified = creds
+        .certified_key(&crate::tls::base_provider())
+        .map_err(|e| ConfigError::File {
+            field: "tls.private_key".into(),
+            path: key_path.clone(),
+            problem: format!("the key cannot sign: {e}"),
+            fix: "use an ECDSA P-256/P-384 or ML-DSA-65/87 key".into(),
+        })?;
+    match certified.keys_match() {
+        Ok(()) => Ok(creds),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(ConfigError::KeyMismatch {
+            cert: base.join(&tls.certificate),
+            key: key_path,
+        }),
+        Err(e) => Err(ConfigError::File {
+            field: "tls.private_key".into(),
+            path: key_path,
+            problem: format!("cannot compare the key with the certificate: {e}"),
+            fix: "use an ECDSA P-256/P-384 or ML-DSA-65/87 key".into(),
+        }),
+    }
+}
+
+/// Opens the token a `pkcs11:` URI names (module and PIN from `[tls.pkcs11]` or the URI's query) and
+/// finds the key.
+fn open_hsm_key(
+    uri_text: &str,
+    raw: Option<&RawPkcs11>,
+    base: &Path,
+) -> Result<SiteKey, ConfigError> {
+    let uri = qsi_hsm::Pkcs11Uri::parse(uri_text)
+        .map_err(|e| invalid("tls.private_key", e.to_string(), PKCS11_URI_FIX))?;
+    let token = match (&uri.token, &uri.serial) {
+        (Some(label), _) => qsi_hsm::TokenSelector::Label(label.clone()),
+        (None, Some(serial)) => qsi_hsm::TokenSelector::Serial(serial.clone()),
+        (None, None) => {
+            return Err(invalid(
+                "tls.private_key",
+                "the URI names no token",
+                "add token=<label> (or serial=<serial>) to the URI",
+            ));
+        }
+    };
+    if uri.object.is_none() && uri.id.is_none() {
+        return Err(invalid(
+            "tls.private_key",
+            "the URI names no key",
+            "add object=<key label> (or id=<hex id>) to the URI",
+        ));
+    }
+    let module = match (raw.and_then(|r| r.module.as_ref()), &uri.module_path) {
+        (Some(m), _) => base.join(m),
+        (None, Some(m)) => PathBuf::from(m),
+        (None, None) => qsi_hsm::pkcs11::default_module_path().map_err(|e| {
+            invalid(
+                "tls.pkcs11.module",
+                format!("no module given and none found: {e}"),
+                "set tls.pkcs11.module to your HSM vendor's PKCS#11 library",
+            )
+        })?,
+    };
+    let pin_spec = match (raw.and_then(|r| r.pin.as_deref()), &uri.pin_source) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(p)) if p.starts_with("file:") || p.starts_with("env:") => p.clone(),
+        (None, Some(p)) => format!("file:{p}"),
+        (None, None) => {
+            return Err(invalid(
+                "tls.pkcs11.pin",
+                "no PIN source for the token",
+                "add [tls.pkcs11] pin = \"file:/etc/qsi/site.pin\" (or \"env:NAME\"); never the PIN itself",
+            ));
+        }
+    };
+    // A relative PIN file is relative to the config file, like every other path here.
+    let pin_spec = match pin_spec.strip_prefix("file:") {
+        Some(path) => format!("file:{}", base.join(path).display()),
+        None => pin_spec,
+    };
+    let pin = qsi_hsm::Pin::from_source(&pin_spec).map_err(|e| {
+        invalid(
+            "tls.pkcs11.pin",
+            e.to_string(),
+            "point pin at a readable file (file:PATH) or a set environment variable (env:NAME)",
+        )
+    })?;
+    let store = qsi_hsm::Pkcs11Store::open(qsi_hsm::Pkcs11Config::new(&module, token, pin))
+        .map_err(|e| ConfigError::File {
+            field: "tls.pkcs11".into(),
+            path: module.clone(),
+            problem: e.to_string(),
+            fix: "check the module path, the token named in tls.private_key and the PIN (`qsi hsm list` shows the tokens)".into(),
+        })?;
+    let store: std::sync::Arc<dyn qsi_hsm::KeyStore> = std::sync::Arc::new(store);
+    let info = store.find(uri_text).map_err(|e| {
+        invalid(
+            "tls.private_key",
+            e.to_string(),
+            "generate the key (`qsi hsm generate`) or correct object=/id= in the URI",
+        )
+    })?;
+    let key = qsi_hsm::HsmSigningKey::new(store, info).map_err(|e| {
+        invalid(
+            "tls.private_key",
+            e.to_string(),
+            "name a signing key (ECDSA P-256/P-384 or ML-DSA-65/87)",
+        )
+    })?;
+    tracing::info!(uri = uri_text, "site key is in the token");
+    Ok(SiteKey::Hsm {
+        uri: uri_text.to_string(),
+        key: std::sync::Arc::new(key),
+    })
+}
+
+/// Reads the anchors, intermediates and CRLs and builds the validator.
+fn read_trust(
+    tls: &RawTls,
+    base: &Path,
+    creds: &Credentials,
+) -> Result<crate::auth::TrustSettings, ConfigError> {
+    use qsi_pki::validate::RevocationMode;
+    if tls.trust_anchors.is_empty() {
+        return Err(invalid(
+            "tls.trust_anchors",
+            "no trust anchor given, so no peer could be authenticated",
+            "list the PEM file(s) of the CA(s) that issue your peers' certificates",
+        ));
+    }
+    let mut anchors = Vec::new();
+    for (i, p) in tls.trust_anchors.iter().enumerate() {
+        let field = format!("tls.trust_anchors[{i}]");
+        for c in read_certs(&field, base, p)? {
+            qsi_pki::validate::Cert::from_der(&c).map_err(|e| ConfigError::File {
+                field: field.clone(),
+                path: base.join(p),
+                problem: format!("not usable as a trust anchor: {e}"),
+                fix: "give the CA certificate in PEM".into(),
+            })?;
+            anchors.push(c);
+        }
+    }
+    let mut t = crate::auth::TrustSettings::new(anchors);
+    for (i, p) in tls.intermediates.iter().enumerate() {
+        let field = format!("tls.intermediates[{i}]");
+        let (full, bytes) = read_file(&field, base, p, "check the path")?;
+        let certs = qsi_pki::validate::load_certs(&bytes).map_err(|e| ConfigError::File {
+            field: field.clone(),
+            path: full.clone(),
+            problem: e.to_string(),
+            fix: "give PEM or DER certificates or a .p7c bundle".into(),
+        })?;
+        if certs.is_empty() {
+            return Err(ConfigError::File {
+                field,
+                path: full,
+                problem: "no certificate found".into(),
+                fix: "give PEM or DER certificates or a .p7c bundle".into(),
+            });
+        }
+        t.intermediates
+            .extend(certs.iter().map(|c| c.der().to_vec()));
+    }
+    for (i, p) in tls.crls.iter().enumerate() {
+        let field = format!("tls.crls[{i}]");
+        let (full, bytes) = read_file(&field, base, p, "check the path")?;
+        let crls = qsi_pki::revocation::Crl::load(&bytes).map_err(|e| ConfigError::File {
+            field: field.clone(),
+            path: full.clone(),
+            problem: e.to_string(),
+            fix: "give a CRL in PEM or DER (`qsi ca crl` writes one)".into(),
+        })?;
+        t.crls.extend(crls.iter().map(|c| c.der().to_vec()));
+    }
+    for (i, p) in tls.policies.iter().enumerate() {
+        if p.parse::<const_oid::ObjectIdentifier>().is_err() {
+            return Err(invalid(
+                format!("tls.policies[{i}]"),
+                format!("{p:?} is not a dotted OID"),
+                "write the policy's OID, e.g. \"2.16.840.1.101.3.2.1.3.13\"",
+            ));
+        }
+    }
+    t.policies = tls.policies.clone();
+    t.require_explicit_policy = tls
+        .require_explicit_policy
+        .unwrap_or(!tls.policies.is_empty());
+    t.inhibit_policy_mapping = tls.inhibit_policy_mapping.unwrap_or(false);
+    t.revocation = match tls.revocation.as_deref().unwrap_or("require") {
+        "require" => RevocationMode::Require,
+        "best-effort" => RevocationMode::BestEffort,
+        "off" => RevocationMode::Off,
+        other => {
+            return Err(invalid(
+                "tls.revocation",
+                format!("{other:?} is not a revocation mode"),
+                "write \"require\" (default: no status, no tunnel), \"best-effort\" or \"off\"",
+            ));
+        }
+    };
+    t.crl_fetch = tls.crl_fetch.unwrap_or(true);
+    t.crl_stale_grace_secs = tls.crl_stale_grace_secs.unwrap_or(0);
+    // Fail at load rather than at every handshake: with revocation required there must be a CRL source.
+    let own_has_dp = creds.chain.first().is_some_and(|c| {
+        qsi_pki::validate::Cert::from_der(c).is_ok_and(|c| !c.crl_uris().is_empty())
+    });
+    if t.revocation == RevocationMode::Require && t.crls.is_empty() && !(t.crl_fetch && own_has_dp)
+    {
+        return Err(invalid(
+            "tls.revocation",
+            "revocation is required but there is no CRL source: tls.crls is empty and this site's certificate names no CRL distribution point (so the peers' from the same CA would not either)",
+            "list the CA's CRL in tls.crls = [\"ca.crl\"], issue certificates with a CRL distribution point, or set revocation = \"best-effort\"",
+        ));
+    }
+    t.build().map_err(|e| {
+        invalid(
+            "tls",
+            e.to_string(),
+            "check tls.trust_anchors, tls.intermediates, tls.crls and tls.policies",
+        )
+    })
+}
+
+/// Our own key must be one the peers' key policies accept, or every handshake would fail at the peer.
+fn check_own_key_policy(creds: &Credentials, peers: &[PeerConfig]) -> Result<(), ConfigError> {
+    let Some(own) = creds.chain.first() else {
+        return Ok(());
+    };
+    let kt = crate::auth::key_type_of(own);
+    for (i, p) in peers.iter().enumerate() {
+        let policy = crate::tls::key_policy(p);
+        if !policy.allows(kt) {
+            return Err(invalid(
+                format!("peer[{i}].key_exchange"),
+                format!(
+                    "peer {:?} is held to {}, but tls.certificate has an {kt} key",
+                    p.name,
+                    policy.name()
+                ),
+                match policy {
+                    crate::auth::KeyPolicy::Cnsa => {
+                        "issue this site an ML-DSA-87 certificate (key in the HSM or a PEM file), or give this peer a non-CNSA key_exchange"
+                    }
+                    crate::auth::KeyPolicy::Standard => {
+                        "issue this site an ECDSA P-256/P-384 or ML-DSA-65/87 certificate"
+                    }
+                },
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod auth;
 pub mod card;
 pub mod cli;
 pub mod config;

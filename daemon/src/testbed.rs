@@ -16,11 +16,10 @@ pub fn dns_identity(site: &str) -> String {
     format!("{site}.qsi.test")
 }
 
-/// Writes `ca.crt` and, per site, `<site>.crt` / `<site>.key` (ECDSA P-256, SANs `<site>.qsi.test` and
-/// `urn:qsi:site:<site>`, client and server auth) into `dir`.
+/// Writes `ca.crt`, an empty `ca.crl` (valid 30 days) and, per site, `<site>.crt` / `<site>.key` (ECDSA
+/// P-256, SANs `<site>.qsi.test` and `urn:qsi:site:<site>`, client and server auth) into `dir`.
 pub fn write_pki(dir: &Path, sites: &[&str]) -> anyhow::Result<()> {
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    write_pki_signed_by(dir, sites, ca_key)
+    write_test_pki(dir, sites, &PkiOptions::default()).map(|_| ())
 }
 
 /// As [`write_pki`], with the CA's key supplied by the caller: `qsi demo` passes a key held in a
@@ -30,42 +29,148 @@ pub fn write_pki_signed_by<K: rcgen::SigningKey>(
     sites: &[&str],
     ca_key: K,
 ) -> anyhow::Result<()> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "QSI throw-away test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
-    let issuer = Issuer::new(ca, ca_key);
-    for site in sites {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    TestCa::write(dir, sites, &PkiOptions::default(), ca_key).map(|_| ())
+}
+
+/// As [`write_pki`] with options, returning the CA so a test can revoke a site later.
+pub fn write_test_pki(
+    dir: &Path,
+    sites: &[&str],
+    opts: &PkiOptions,
+) -> anyhow::Result<TestCa<rcgen::KeyPair>> {
+    let ca_key =
+        rcgen::KeyPair::generate_for(opts.ca_alg.unwrap_or(&rcgen::PKCS_ECDSA_P256_SHA256))?;
+    TestCa::write(dir, sites, opts, ca_key)
+}
+
+/// Variations of the throw-away PKI.
+#[derive(Debug, Clone, Default)]
+pub struct PkiOptions {
+    /// A CRL distribution point (http:// URI) put in every site certificate.
+    pub crl_uri: Option<String>,
+    /// The CA's key algorithm (default ECDSA P-256).
+    pub ca_alg: Option<&'static rcgen::SignatureAlgorithm>,
+    /// Per-site key algorithms (default ECDSA P-256), e.g. `("site-a", &rcgen::PKCS_ML_DSA_87)`.
+    pub site_algs: Vec<(String, &'static rcgen::SignatureAlgorithm)>,
+}
+
+/// The throw-away CA: it can issue CRLs revoking the sites it certified.
+pub struct TestCa<K> {
+    issuer: rcgen::Issuer<'static, K>,
+    serials: Vec<(String, rcgen::SerialNumber)>,
+}
+
+impl<K: rcgen::SigningKey> TestCa<K> {
+    /// Writes the CA certificate, an empty CRL and the sites' certificates and keys into `dir`.
+    pub fn write(dir: &Path, sites: &[&str], opts: &PkiOptions, ca_key: K) -> anyhow::Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "QSI throw-away test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.key_identifier_method = KeyIdMethod::Sha256;
+        let ca_cert = ca.self_signed(&ca_key)?;
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+        let mut me = TestCa {
+            issuer: Issuer::new(ca, ca_key),
+            serials: Vec::new(),
+        };
+        for site in sites {
+            let alg = opts
+                .site_algs
+                .iter()
+                .find(|(s, _)| s == site)
+                .map_or(&rcgen::PKCS_ECDSA_P256_SHA256, |(_, a)| *a);
+            let key = rcgen::KeyPair::generate_for(alg)?;
+            me.issue(dir, site, &key, opts)?;
+            write_private(
+                &dir.join(format!("{site}.key")),
+                key.serialize_pem().as_bytes(),
+            )?;
+        }
+        std::fs::write(dir.join("ca.crl"), me.crl(&[])?)?;
+        Ok(me)
+    }
+
+    /// Issues `<site>.crt` for `key` (a key pair, or a key in a token via `qsi_hsm::HsmRcgenKey`) and
+    /// rewrites `ca.crl` (empty) so it stays in step.
+    pub fn issue(
+        &mut self,
+        dir: &Path,
+        site: &str,
+        key: &impl rcgen::PublicKeyData,
+        opts: &PkiOptions,
+    ) -> anyhow::Result<()> {
+        use rcgen::{
+            CertificateParams, CrlDistributionPoint, DnType, ExtendedKeyUsagePurpose, KeyIdMethod,
+            KeyUsagePurpose, SanType, SerialNumber,
+        };
         let mut p = CertificateParams::new(vec![dns_identity(site)])?;
         p.subject_alt_names
             .push(SanType::URI(format!("urn:qsi:site:{site}").try_into()?));
-        p.distinguished_name.push(DnType::CommonName, *site);
+        p.distinguished_name.push(DnType::CommonName, site);
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = p.signed_by(&key, &issuer)?;
+        p.use_authority_key_identifier_extension = true;
+        p.key_identifier_method = KeyIdMethod::Sha256;
+        let mut serial = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut serial).map_err(|_| anyhow::anyhow!("no randomness"))?;
+        serial[0] &= 0x7f;
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        if let Some(uri) = &opts.crl_uri {
+            p.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec![uri.clone()],
+            }];
+        }
+        let cert = p.signed_by(key, &self.issuer)?;
         std::fs::write(dir.join(format!("{site}.crt")), cert.pem())?;
-        write_private(
-            &dir.join(format!("{site}.key")),
-            key.serialize_pem().as_bytes(),
-        )?;
+        self.serials.retain(|(s, _)| s != site);
+        self.serials
+            .push((site.to_string(), SerialNumber::from_slice(&serial)));
+        std::fs::write(dir.join("ca.crl"), self.crl(&[])?)?;
+        Ok(())
     }
-    Ok(())
+
+    /// A DER CRL (valid 30 days from now) listing the certificates of `revoked` sites.
+    pub fn crl(&self, revoked: &[&str]) -> anyhow::Result<Vec<u8>> {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
+            SerialNumber,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let number = u64::try_from(now.unix_timestamp()).unwrap_or(1);
+        let revoked_certs = self
+            .serials
+            .iter()
+            .filter(|(s, _)| revoked.contains(&s.as_str()))
+            .map(|(_, serial)| RevokedCertParams {
+                serial_number: serial.clone(),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(30),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -125,6 +230,9 @@ pub struct SiteToml {
     pub metrics: Option<SocketAddr>,
     /// tls.key_exchange
     pub key_exchange: Option<Vec<String>>,
+    /// Extra `[tls]` lines (validator settings, a pkcs11 key); without a `crls` line, `crls = ["ca.crl"]`
+    /// is written.
+    pub tls_extra: Vec<String>,
     /// Peers.
     pub peers: Vec<PeerToml>,
     /// (name, peer, listen, protocol)
@@ -154,6 +262,18 @@ impl SiteToml {
         );
         if let Some(k) = &self.key_exchange {
             s += &format!("key_exchange = {}\n", list(k));
+        }
+        if !self.tls_extra.iter().any(|l| l.starts_with("crls")) {
+            s += "crls = [\"ca.crl\"]\n";
+        }
+        // `private_key` given here replaces the file default written above (TOML refuses duplicate keys).
+        if self.tls_extra.iter().any(|l| l.starts_with("private_key")) {
+            s = s.replace(&format!("private_key = \"{}.key\"\n", self.site), "");
+        }
+        // In order: a `[tls.pkcs11]` header and its keys go last.
+        for l in &self.tls_extra {
+            s += l;
+            s += "\n";
         }
         if let Some(a) = &self.admin {
             s += &format!("\n[admin]\nsocket = {:?}\n", a.display().to_string());
@@ -216,6 +336,7 @@ pub fn pair_configs(dir: &Path, transport: &str) -> anyhow::Result<(SiteToml, Si
                 admin: Some(dir.join(format!("{name}.sock"))),
                 metrics: Some(free_addr()?),
                 key_exchange: None,
+                tls_extra: vec![],
                 peers: vec![PeerToml {
                     name: peer.into(),
                     transport: transport.into(),

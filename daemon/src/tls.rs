@@ -5,20 +5,17 @@
 //! - [`provider_for`] is the one place that decides which key-exchange groups and cipher suites a peer link
 //!   offers or accepts. The QKD issue adds its own `SupportedKxGroup` (hybrid share + QKD key ID) here, per
 //!   peer, without touching the transports.
-//! - [`PeerVerifier`] validates a peer's certificate chain. Today [`TrustAnchorVerifier`] does it with
-//!   rustls-webpki against the configured anchors; the PKI crate's RFC 5280 validator (bridges, policies,
-//!   revocation) replaces it by implementing the same trait. Identity matching (URI or DNS SAN against the
-//!   peer entry) and handshake signatures stay here, outside the seam.
+//! - [`PeerVerifier`] validates a peer's certificate chain: the PKI crate's RFC 5280 validator (bridges,
+//!   policies, revocation) behind [`crate::auth`], which also holds the one rustls verifier the tunnels and
+//!   the portal share (identity, key policy, handshake signatures).
 
-use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, SupportedKxGroup, WebPkiSupportedAlgorithms, aws_lc_rs};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
+use rustls_pki_types::{CertificateDer, ServerName};
 
+use crate::auth::{KeyPolicy, PeerCertVerifier, PeerCheck, TrustSettings};
+pub use crate::auth::{PeerRole, PeerVerifier, cert_identities, has_identity};
 use crate::config::{Credentials, Identity, KxGroup, PeerConfig};
 
 /// ALPN of the long-lived control connection.
@@ -35,6 +32,9 @@ pub enum TlsError {
     /// The QUIC layer needs TLS13_AES_128_GCM_SHA256 for Initial packets and it is missing.
     #[error("QUIC needs TLS13_AES_128_GCM_SHA256 for Initial packets: {0}")]
     QuicInitial(String),
+    /// The trust settings could not be turned into a validator.
+    #[error("trust settings: {0}")]
+    Trust(#[from] crate::auth::TrustError),
 }
 
 /// The rustls group object of one of our groups.
@@ -58,7 +58,7 @@ pub fn our_group(named: rustls::NamedGroup) -> Option<KxGroup> {
 }
 
 /// True when the policy is the CNSA 2.0 profile: only ML-KEM-1024, and then only AES-256.
-fn is_cnsa(groups: &[KxGroup]) -> bool {
+pub fn is_cnsa(groups: &[KxGroup]) -> bool {
     !groups.is_empty() && groups.iter().all(|g| *g == KxGroup::MlKem1024)
 }
 
@@ -89,237 +89,6 @@ pub fn provider_for(groups: &[KxGroup]) -> CryptoProvider {
     p
 }
 
-/// Which side of the handshake a certificate was presented on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerRole {
-    /// The peer dialed us (it is the TLS client).
-    Client,
-    /// We dialed the peer (it is the TLS server).
-    Server,
-}
-
-/// The path-validation seam: is this chain from a CA we trust, valid now, for this role?
-///
-/// Identity matching is not part of it (the caller checks SANs against the peer entry).
-pub trait PeerVerifier: Send + Sync + fmt::Debug {
-    /// Ok when the chain validates; the error goes into the TLS alert and the failure metrics.
-    fn verify_chain(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        role: PeerRole,
-        now: UnixTime,
-    ) -> Result<(), rustls::Error>;
-}
-
-/// Chain validation with rustls-webpki against the configured trust anchors (until the PKI validator lands).
-pub struct TrustAnchorVerifier {
-    anchors: Vec<CertificateDer<'static>>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl fmt::Debug for TrustAnchorVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrustAnchorVerifier")
-            .field("anchors", &self.anchors.len())
-            .finish()
-    }
-}
-
-impl TrustAnchorVerifier {
-    /// A verifier for these anchors (already checked to parse by the config).
-    pub fn new(anchors: Vec<CertificateDer<'static>>) -> Self {
-        TrustAnchorVerifier {
-            anchors,
-            algs: base_provider().signature_verification_algorithms,
-        }
-    }
-}
-
-fn webpki_error(e: webpki::Error) -> rustls::Error {
-    let ce = match e {
-        webpki::Error::CertExpired { .. } => CertificateError::Expired,
-        webpki::Error::CertNotValidYet { .. } => CertificateError::NotValidYet,
-        webpki::Error::UnknownIssuer => CertificateError::UnknownIssuer,
-        webpki::Error::InvalidSignatureForPublicKey => CertificateError::BadSignature,
-        webpki::Error::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
-        webpki::Error::BadDer | webpki::Error::BadDerTime => CertificateError::BadEncoding,
-        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
-    };
-    rustls::Error::InvalidCertificate(ce)
-}
-
-impl PeerVerifier for TrustAnchorVerifier {
-    fn verify_chain(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        role: PeerRole,
-        now: UnixTime,
-    ) -> Result<(), rustls::Error> {
-        let anchors: Vec<_> = self
-            .anchors
-            .iter()
-            .filter_map(|a| webpki::anchor_from_trusted_cert(a).ok())
-            .collect();
-        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(webpki_error)?;
-        let usage = match role {
-            PeerRole::Client => webpki::KeyUsage::client_auth(),
-            PeerRole::Server => webpki::KeyUsage::server_auth(),
-        };
-        ee.verify_for_usage(
-            self.algs.all,
-            &anchors,
-            intermediates,
-            now,
-            usage,
-            None,
-            None,
-        )
-        .map(|_| ())
-        .map_err(webpki_error)
-    }
-}
-
-/// The identities (dNSName and URI SANs) a certificate carries.
-pub fn cert_identities(cert: &CertificateDer<'_>) -> Vec<Identity> {
-    use der::Decode;
-    use x509_cert::ext::pkix::{SubjectAltName, name::GeneralName};
-    let Ok(c) = x509_cert::Certificate::from_der(cert.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some((_, san))) = c.tbs_certificate().get_extension::<SubjectAltName>() else {
-        return Vec::new();
-    };
-    san.0
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DnsName(d) => Some(Identity::Dns(d.to_string().to_ascii_lowercase())),
-            GeneralName::UniformResourceIdentifier(u) => Some(Identity::Uri(u.to_string())),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Does the certificate carry this identity? DNS names compare case-insensitively.
-pub fn has_identity(cert: &CertificateDer<'_>, want: &Identity) -> bool {
-    let want = match want {
-        Identity::Dns(d) => Identity::Dns(d.to_ascii_lowercase()),
-        other => other.clone(),
-    };
-    cert_identities(cert).contains(&want)
-}
-
-fn identity_error(want: &str) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-        std::io::Error::other(format!(
-            "certificate does not carry the expected identity {want}"
-        )),
-    ))))
-}
-
-/// Client side: the server we dialed must chain to our anchors and carry the peer entry's identity.
-#[derive(Debug)]
-struct DialedPeerVerifier {
-    chain: Arc<dyn PeerVerifier>,
-    expected: Identity,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for DialedPeerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.chain
-            .verify_chain(end_entity, intermediates, PeerRole::Server, now)?;
-        if !has_identity(end_entity, &self.expected) {
-            return Err(identity_error(&self.expected.to_string()));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// Server side: a dialing peer must chain to our anchors and carry the identity of one of our peers.
-#[derive(Debug)]
-struct AcceptedPeerVerifier {
-    chain: Arc<dyn PeerVerifier>,
-    known: Vec<Identity>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for AcceptedPeerVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.chain
-            .verify_chain(end_entity, intermediates, PeerRole::Client, now)?;
-        if !self.known.iter().any(|id| has_identity(end_entity, id)) {
-            return Err(identity_error("of a configured peer"));
-        }
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
 /// The SNI we send: the peer's DNS identity or name; our verifier ignores SNI and checks SANs instead.
 pub fn server_name_for(peer: &PeerConfig) -> ServerName<'static> {
     let candidate = match &peer.identity {
@@ -340,15 +109,16 @@ pub fn client_config(
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(provider_for(&peer.key_exchange));
     let algs = provider.signature_verification_algorithms;
+    let check = PeerCheck::Peers {
+        chain: verifier,
+        peers: vec![(peer.identity.clone(), key_policy(peer))],
+    };
+    let certified = creds.certified_key(&provider)?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(DialedPeerVerifier {
-            chain: verifier,
-            expected: peer.identity.clone(),
-            algs,
-        }))
-        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?;
+        .with_custom_certificate_verifier(Arc::new(PeerCertVerifier::new(check, algs)))
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg.resumption = rustls::client::Resumption::disabled();
     cfg.enable_early_data = false;
@@ -374,14 +144,18 @@ pub fn server_config(
     // AES-256 only when every peer is CNSA; otherwise check_policy holds each CNSA peer to AES-256.
     let provider = Arc::new(provider_for(&groups));
     let algs = provider.signature_verification_algorithms;
+    let check = PeerCheck::Peers {
+        chain: verifier,
+        peers: peers
+            .iter()
+            .map(|p| (p.identity.clone(), key_policy(p)))
+            .collect(),
+    };
+    let certified = creds.certified_key(&provider)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(AcceptedPeerVerifier {
-            chain: verifier,
-            known: peers.iter().map(|p| p.identity.clone()).collect(),
-            algs,
-        }))
-        .with_single_cert(creds.chain.clone(), creds.key.clone_key())?;
+        .with_client_cert_verifier(Arc::new(PeerCertVerifier::new(check, algs)))
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     cfg.alpn_protocols = vec![ALPN_CONTROL.to_vec(), ALPN_DATA.to_vec()];
     cfg.send_tls13_tickets = 0;
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -412,9 +186,19 @@ pub fn quic_server_config(
         .map_err(|e| TlsError::QuicInitial(e.to_string()))
 }
 
-/// Builds the chain verifier for a config (the seam the PKI validator will fill).
-pub fn verifier_for(anchors: &[CertificateDer<'static>]) -> Arc<dyn PeerVerifier> {
-    Arc::new(TrustAnchorVerifier::new(anchors.to_vec()))
+/// The chain verifier of a config: the PKI validator built when the config was loaded (one CRL cache for
+/// every handshake until the next reload).
+pub fn verifier_for(trust: &TrustSettings) -> Result<Arc<dyn PeerVerifier>, TlsError> {
+    trust.verifier().map_err(TlsError::Trust)
+}
+
+/// The end-entity key policy of a peer link: ML-DSA-87 only under the CNSA 2.0 profile.
+pub fn key_policy(peer: &PeerConfig) -> KeyPolicy {
+    if is_cnsa(&peer.key_exchange) {
+        KeyPolicy::Cnsa
+    } else {
+        KeyPolicy::Standard
+    }
 }
 
 /// After a handshake: the negotiated group and suite must be in this peer's policy. Returns the group.

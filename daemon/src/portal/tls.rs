@@ -6,11 +6,10 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::auth::{PeerCertVerifier, PeerCheck};
 
 /// The exporter label that binds a session token to its TLS connection (RFC 8446 section 7.5).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-qsi-portal-session-binding";
@@ -31,65 +30,18 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Accepts any client certificate at the TLS layer whose CertificateVerify signature checks out; the chain
-/// itself is judged after the handshake. Client authentication is mandatory.
-#[derive(Debug)]
-pub struct DeferredClientAuth {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for DeferredClientAuth {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "the portal speaks TLS 1.3 only".into(),
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 /// The portal's server configuration.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<rustls::ServerConfig, TlsSetupError> {
     let provider = Arc::new(pq_provider());
-    let verifier = Arc::new(DeferredClientAuth {
-        algorithms: provider.signature_verification_algorithms,
-    });
+    // Any chain passes the TLS layer (the CertificateVerify signature is still checked); the card
+    // validator judges it after the handshake. Same verifier type as the tunnels, in its deferred mode.
+    let verifier = Arc::new(PeerCertVerifier::new(
+        PeerCheck::Deferred,
+        provider.signature_verification_algorithms,
+    ));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

@@ -293,11 +293,7 @@ fn transport_config(datagrams: bool) -> Arc<quinn::TransportConfig> {
 }
 
 fn quic_server(cfg: &Config) -> anyhow::Result<quinn::ServerConfig> {
-    let tls = tls::server_config(
-        &cfg.peers,
-        &cfg.credentials,
-        tls::verifier_for(&cfg.trust_anchors),
-    )?;
+    let tls = tls::server_config(&cfg.peers, &cfg.credentials, tls::verifier_for(&cfg.trust)?)?;
     let mut s = quinn::ServerConfig::with_crypto(Arc::new(tls::quic_server_config(tls)?));
     s.transport_config(transport_config(true));
     Ok(s)
@@ -305,7 +301,9 @@ fn quic_server(cfg: &Config) -> anyhow::Result<quinn::ServerConfig> {
 
 fn failure_reason(e: &str) -> &'static str {
     let l = e.to_ascii_lowercase();
-    if l.contains("certificate") || l.contains("issuer") || l.contains("identity") {
+    if l.contains("revoked") {
+        "certificate_revoked"
+    } else if l.contains("certificate") || l.contains("issuer") || l.contains("identity") {
         "certificate"
     } else if l.contains("group")
         || l.contains("key exchange")
@@ -331,7 +329,7 @@ impl Daemon {
         let tls_server = Arc::new(tls::server_config(
             &cfg.peers,
             &cfg.credentials,
-            tls::verifier_for(&cfg.trust_anchors),
+            tls::verifier_for(&cfg.trust)?,
         )?);
         let endpoint = match cfg.listen_quic {
             Some(addr) => quinn::Endpoint::server(quic_server(&cfg)?, addr).with_context(|| {
@@ -490,7 +488,7 @@ impl Daemon {
                 .map_err(|e| format!("cannot resolve {address}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("cannot resolve {address}: no address"))?;
-        let verifier = tls::verifier_for(&cfg.trust_anchors);
+        let verifier = tls::verifier_for(&cfg.trust).map_err(|e| e.to_string())?;
         let client = |alpn: &[u8]| {
             tls::client_config(&rt.cfg, &cfg.credentials, verifier.clone(), alpn)
                 .map_err(|e| e.to_string())
@@ -992,14 +990,13 @@ impl Daemon {
         let server = Arc::new(tls::server_config(
             &new.peers,
             &new.credentials,
-            tls::verifier_for(&new.trust_anchors),
+            tls::verifier_for(&new.trust)?,
         )?);
         if new.listen_quic.is_some() && old.listen_quic.is_some() {
             self.endpoint.set_server_config(Some(quic_server(&new)?));
         }
         *self.tls_server.write().unwrap_or_else(|p| p.into_inner()) = server;
-        let creds_changed =
-            new.credentials != old.credentials || new.trust_anchors != old.trust_anchors;
+        let creds_changed = new.credentials != old.credentials || new.trust != old.trust;
         *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new.clone());
 
         for p in &old.peers {

@@ -65,7 +65,7 @@ pub struct Item {
 }
 
 /// The generated PKI.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BridgeFixture {
     /// B's root (the relying party's anchor).
     pub b_root: Vec<u8>,
@@ -79,6 +79,18 @@ pub struct BridgeFixture {
     pub ee: Vec<u8>,
     /// One CRL per CA (`b-root`, `bridge`, `a-root`, `a-ca`).
     pub crls: Vec<Item>,
+    /// The end entity's private key (PKCS#8 PEM), so a test can present it in a TLS handshake.
+    pub ee_key_pem: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for BridgeFixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeFixture")
+            .field("intermediates", &self.intermediates)
+            .field("crls", &self.crls)
+            .field("ee_key_pem", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 impl BridgeFixture {
@@ -407,5 +419,6 @@ pub fn build(opts: &BridgeOptions) -> Result<BridgeFixture, FixtureError> {
         intermediates,
         ee,
         crls,
+        ee_key_pem: zeroize::Zeroizing::new(ee_key.serialize_pem()),
     })
 }
