@@ -184,17 +184,7 @@ fn revoked_site_certificate_is_refused_with_the_reason_in_status_logs_and_metric
 }
 
 fn pem(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
+    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap()
 }
 
 /// Site A is agency A's end entity of the bridge fixture; site B (a throw-away CA's site) anchors at agency
@@ -251,22 +241,31 @@ fn write_bridge_configs(
     (pa, pb)
 }
 
+/// The B -> bridge cross-certificate of a fixture.
+fn b_to_bridge(fx: &bridge_fixture::BridgeFixture) -> Vec<u8> {
+    let item = fx.intermediates.iter().find(|i| i.name == "b-to-bridge");
+    item.unwrap().der.clone()
+}
+
+/// Writes the bridge pair's configs (over QUIC) and starts B then A.
+fn start_bridge_pair(
+    dir: &Path,
+    fx: &bridge_fixture::BridgeFixture,
+    b_cross: &[u8],
+) -> (SiteToml, Qsid, Qsid) {
+    let (a, b) = bridge_pair(dir, fx, b_cross, "quic");
+    let (pa, pb) = write_bridge_configs(dir, &a, &b);
+    let qb = Qsid::start(QSID.as_ref(), &pb).unwrap();
+    let qa = Qsid::start(QSID.as_ref(), &pa).unwrap();
+    (a, qa, qb)
+}
+
 #[test]
 fn peer_through_a_bridge_with_a_mapped_policy_is_accepted_and_an_untrusted_bridge_is_refused() {
     let fx = bridge_fixture::build(&bridge_fixture::BridgeOptions::default()).unwrap();
-    let b_cross = fx
-        .intermediates
-        .iter()
-        .find(|i| i.name == "b-to-bridge")
-        .unwrap()
-        .der
-        .clone();
     // Accepted: B -> bridge -> A with B_POLICY <- BRIDGE_POLICY <- A_POLICY.
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = bridge_pair(dir.path(), &fx, &b_cross, "quic");
-    let (pa, pb) = write_bridge_configs(dir.path(), &a, &b);
-    let qb = Qsid::start(QSID.as_ref(), &pb).unwrap();
-    let qa = Qsid::start(QSID.as_ref(), &pa).unwrap();
+    let (a, qa, qb) = start_bridge_pair(dir.path(), &fx, &b_to_bridge(&fx));
     let ok = testbed::wait_until(Duration::from_secs(15), || connected(&peers(&a)));
     assert!(ok, "A:\n{}\nB:\n{}", qa.log_tail(), qb.log_tail());
     drop((qa, qb));
@@ -274,18 +273,8 @@ fn peer_through_a_bridge_with_a_mapped_policy_is_accepted_and_an_untrusted_bridg
     // Refused: B's cross-certificate goes to another bridge with the same name (B never cross-certified
     // this one), so A's path through it does not verify.
     let other = bridge_fixture::build(&bridge_fixture::BridgeOptions::default()).unwrap();
-    let wrong_cross = other
-        .intermediates
-        .iter()
-        .find(|i| i.name == "b-to-bridge")
-        .unwrap()
-        .der
-        .clone();
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = bridge_pair(dir.path(), &fx, &wrong_cross, "quic");
-    let (pa, pb) = write_bridge_configs(dir.path(), &a, &b);
-    let qb = Qsid::start(QSID.as_ref(), &pb).unwrap();
-    let _qa = Qsid::start(QSID.as_ref(), &pa).unwrap();
+    let (a, _qa, qb) = start_bridge_pair(dir.path(), &fx, &b_to_bridge(&other));
     let refused = testbed::wait_until(Duration::from_secs(15), || {
         log_of(&qb).contains("peer certificate refused")
     });
