@@ -87,13 +87,24 @@ pub enum AuditEvent {
         /// Key IDs.
         ids: Vec<String>,
     },
-    /// A key was handed to a consumer (and is gone from the store).
+    /// A key was handed to a consumer (and is gone from the store). Written by the first version;
+    /// deliveries are now recorded as [`AuditEvent::DeliveredKeys`].
     Delivered {
         /// Link name.
         link: String,
         /// Key ID.
         key_id: String,
         /// Who took it (a tunnel, an SAE ID).
+        consumer: String,
+    },
+    /// Keys handed to one consumer in one request (and gone from the store). One record per request,
+    /// not per key: the chain costs a hash per delivery, whatever its size.
+    DeliveredKeys {
+        /// Link name.
+        link: String,
+        /// Key IDs, in the order the consumer received them.
+        key_ids: Vec<String>,
+        /// Who took them (a tunnel, an SAE ID).
         consumer: String,
     },
     /// A batch's data key was destroyed: nothing of it can be decrypted any more.

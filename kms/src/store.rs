@@ -27,10 +27,21 @@ use crate::kek::{CheckpointSigner, Kek, open_with, random_key, seal_with};
 use crate::lifecycle::{Lifecycle, Operation, RevocationReason, Usage};
 use crate::secret::KeyMaterial;
 use crate::source::DeliveredKey;
+use rows::{LiveRow, SpentRow, legacy_spent_slot, slot, unslot};
+
+#[path = "store_rows.rs"]
+mod rows;
 
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
-const LIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("live_keys");
-const SPENT: TableDefinition<&str, &[u8]> = TableDefinition::new("spent_keys");
+/// Every key_ID ever received, with its slot (see [`store_rows`]): duplicate IDs are refused against it.
+const KEY_INDEX: TableDefinition<&str, u128> = TableDefinition::new("key_index");
+/// Keys stored and not yet delivered, by slot.
+const LIVE: TableDefinition<u128, &[u8]> = TableDefinition::new("live_by_slot");
+/// Deliveries, in the order they were recorded.
+const SPENT: TableDefinition<u64, &[u8]> = TableDefinition::new("spent_log");
+/// The per-key tables of the first version (keyed by key_ID, JSON rows): migrated at open.
+const OLD_LIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("live_keys");
+const OLD_SPENT: TableDefinition<&str, &[u8]> = TableDefinition::new("spent_keys");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 const MANAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("managed_keys");
@@ -108,6 +119,7 @@ struct BatchRecord {
     created_ms: u64,
 }
 
+/// A live key as the first version stored it (JSON, keyed by key_ID); read only to migrate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct LiveRecord {
     link: String,
@@ -117,6 +129,7 @@ struct LiveRecord {
     announced: bool,
 }
 
+/// A delivered key as the first version stored it; read only to migrate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SpentRecord {
     link: String,
@@ -375,25 +388,55 @@ fn managed_context(id: &str) -> Vec<u8> {
 
 struct Tables<'t> {
     batches: redb::Table<'t, u64, &'static [u8]>,
-    live: redb::Table<'t, &'static str, &'static [u8]>,
-    spent: redb::Table<'t, &'static str, &'static [u8]>,
+    index: redb::Table<'t, &'static str, u128>,
+    live: redb::Table<'t, u128, &'static [u8]>,
+    spent: redb::Table<'t, u64, &'static [u8]>,
     audit: redb::Table<'t, u64, &'static [u8]>,
     checkpoints: redb::Table<'t, u64, &'static [u8]>,
     managed: redb::Table<'t, &'static str, &'static [u8]>,
     meta: redb::Table<'t, &'static str, u64>,
+    /// Batch records read or changed in this transaction; changed ones are written once, by
+    /// [`Tables::finish`], however many deliveries of the group touched them.
+    batch_cache: BTreeMap<u64, (BatchRecord, bool)>,
 }
 
 impl<'t> Tables<'t> {
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, KmsError> {
         Ok(Self {
             batches: txn.open_table(BATCHES).map_err(db_err)?,
+            index: txn.open_table(KEY_INDEX).map_err(db_err)?,
             live: txn.open_table(LIVE).map_err(db_err)?,
             spent: txn.open_table(SPENT).map_err(db_err)?,
             audit: txn.open_table(AUDIT).map_err(db_err)?,
             checkpoints: txn.open_table(CHECKPOINTS).map_err(db_err)?,
             managed: txn.open_table(MANAGED).map_err(db_err)?,
             meta: txn.open_table(META).map_err(db_err)?,
+            batch_cache: BTreeMap::new(),
         })
+    }
+
+    /// Writes the changed batch records. Call before the transaction commits.
+    fn finish(&mut self) -> Result<(), KmsError> {
+        for (id, (b, dirty)) in std::mem::take(&mut self.batch_cache) {
+            if dirty {
+                self.batches
+                    .insert(id, enc(&b)?.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `n` to a counter in the meta table.
+    fn bump(&mut self, name: &str, n: u64) -> Result<(), KmsError> {
+        let v = self
+            .meta
+            .get(name)
+            .map_err(db_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        self.meta.insert(name, v + n).map_err(db_err)?;
+        Ok(())
     }
 
     fn append(&mut self, head: &mut Head, now: u64, ev: &AuditEvent) -> Result<(), KmsError> {
@@ -422,17 +465,20 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    fn batch(&self, id: u64) -> Result<BatchRecord, KmsError> {
-        match self.batches.get(id).map_err(db_err)? {
-            Some(v) => dec("batch", v.value()),
-            None => Err(KmsError::UnknownBatch(id)),
+    fn batch(&mut self, id: u64) -> Result<BatchRecord, KmsError> {
+        if let Some((b, _)) = self.batch_cache.get(&id) {
+            return Ok(b.clone());
         }
+        let b: BatchRecord = match self.batches.get(id).map_err(db_err)? {
+            Some(v) => dec("batch", v.value())?,
+            None => return Err(KmsError::UnknownBatch(id)),
+        };
+        self.batch_cache.insert(id, (b.clone(), false));
+        Ok(b)
     }
 
     fn put_batch(&mut self, b: &BatchRecord) -> Result<(), KmsError> {
-        self.batches
-            .insert(b.id, enc(b)?.as_slice())
-            .map_err(db_err)?;
+        self.batch_cache.insert(b.id, (b.clone(), true));
         Ok(())
     }
 
@@ -449,6 +495,76 @@ impl<'t> Tables<'t> {
             .map_err(db_err)?;
         Ok(())
     }
+}
+
+/// Moves the rows of the first version's per-key tables (keyed by key_ID, JSON) into the slot-keyed
+/// tables and drops the old ones. Returns the rows moved (0 for a file written by this version).
+fn migrate_v1_rows(txn: &redb::WriteTransaction) -> Result<u64, KmsError> {
+    use redb::TableHandle;
+    let names: Vec<String> = txn
+        .list_tables()
+        .map_err(db_err)?
+        .map(|h| h.name().to_string())
+        .collect();
+    let mut moved = 0;
+    if names.iter().any(|n| n == OLD_LIVE.name()) {
+        {
+            let old = txn.open_table(OLD_LIVE).map_err(db_err)?;
+            let mut live = txn.open_table(LIVE).map_err(db_err)?;
+            let mut index = txn.open_table(KEY_INDEX).map_err(db_err)?;
+            for row in old.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let r: LiveRecord = dec("live key", v.value())?;
+                let ct = hex::decode(&r.ct).map_err(|e| corrupt("sealed key", e))?;
+                let slot = slot(r.batch, r.index);
+                let row = LiveRow {
+                    announced: r.announced,
+                    id: k.value(),
+                    ct: &ct,
+                }
+                .encode()?;
+                live.insert(slot, row.as_slice()).map_err(db_err)?;
+                index.insert(k.value(), slot).map_err(db_err)?;
+                moved += 1;
+            }
+        }
+        txn.delete_table(OLD_LIVE).map_err(db_err)?;
+    }
+    if names.iter().any(|n| n == OLD_SPENT.name()) {
+        {
+            let old = txn.open_table(OLD_SPENT).map_err(db_err)?;
+            let mut spent = txn.open_table(SPENT).map_err(db_err)?;
+            let mut index = txn.open_table(KEY_INDEX).map_err(db_err)?;
+            let mut rows = Vec::new();
+            for row in old.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let r: SpentRecord = dec("spent key", v.value())?;
+                rows.push((r.at_ms, k.value().to_string(), r));
+            }
+            // the old rows were keyed by ID: their time is the best delivery order there is
+            rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let first = spent
+                .last()
+                .map_err(db_err)?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for (seq, (at_ms, id, r)) in (first..).zip(rows) {
+                let row = SpentRow {
+                    batch: r.batch,
+                    at_ms,
+                    id: &id,
+                    consumer: &r.consumer,
+                }
+                .encode()?;
+                spent.insert(seq, row.as_slice()).map_err(db_err)?;
+                index
+                    .insert(id.as_str(), legacy_spent_slot(r.batch))
+                    .map_err(db_err)?;
+                moved += 1;
+            }
+        }
+        txn.delete_table(OLD_SPENT).map_err(db_err)?;
+    }
+    Ok(moved)
 }
 
 fn info_of(m: &ManagedRecord) -> ManagedInfo {
@@ -472,6 +588,23 @@ pub struct CommitStats {
     pub commit_us: std::sync::atomic::AtomicU64,
     /// Longest commit, microseconds.
     pub max_commit_us: std::sync::atomic::AtomicU64,
+    /// Of `commit_us`, the time redb spent making the transaction durable (page writes and fsync).
+    pub sync_us: std::sync::atomic::AtomicU64,
+    /// Commits by duration: under 1 ms, 2, 4, 8, 16, 32, 64 ms, and longer.
+    pub histogram_ms: [std::sync::atomic::AtomicU64; 8],
+}
+
+impl CommitStats {
+    fn record(&self, ops: usize, us: u64, sync_us: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.ops.fetch_add(ops as u64, Relaxed);
+        self.commit_us.fetch_add(us, Relaxed);
+        self.sync_us.fetch_add(sync_us, Relaxed);
+        self.max_commit_us.fetch_max(us, Relaxed);
+        let bucket = (64 - (us / 1000).leading_zeros() as usize).min(7);
+        self.histogram_ms[bucket].fetch_add(1, Relaxed);
+    }
 }
 
 struct Writer {
@@ -482,6 +615,8 @@ struct Writer {
     clock: Arc<dyn Clock>,
     opts: StoreOptions,
     head: Head,
+    /// Sequence number of the next delivery row.
+    next_spent: u64,
 }
 
 impl Writer {
@@ -494,26 +629,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let saved = self.head;
+            let saved = (self.head, self.next_spent);
             let group = jobs.len();
             let t0 = std::time::Instant::now();
             let (ops, replies): (Vec<Op>, Vec<Replier>) =
                 jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-            let result = self.commit_group(ops);
+            let (result, sync_us) = self.commit_group(ops);
             let us = t0.elapsed().as_micros() as u64;
-            self.stats
-                .commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.stats
-                .ops
-                .fetch_add(group as u64, std::sync::atomic::Ordering::Relaxed);
-            self.stats
-                .commit_us
-                .fetch_add(us, std::sync::atomic::Ordering::Relaxed);
-            self.stats
-                .max_commit_us
-                .fetch_max(us, std::sync::atomic::Ordering::Relaxed);
-            tracing::trace!(group, commit_us = us, "group commit");
+            self.stats.record(group, us, sync_us);
+            tracing::trace!(group, commit_us = us, sync_us, "group commit");
             match result {
                 Ok(outs) => {
                     for (r, o) in replies.into_iter().zip(outs) {
@@ -521,7 +645,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    self.head = saved;
+                    (self.head, self.next_spent) = saved;
                     warn!(error = %e, "key store commit failed; every caller in the group gets an error");
                     let msg = e.to_string();
                     for r in replies {
@@ -531,14 +655,32 @@ impl Writer {
             }
         }
         // Channel closed: sign the tail so a clean stop leaves the whole log signed.
-        if let Err(e) = self.commit_group(vec![Op::Checkpoint]) {
+        if let (Err(e), _) = self.commit_group(vec![Op::Checkpoint]) {
             warn!(error = %e, "final audit checkpoint failed");
         }
     }
 
-    fn commit_group(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Out, KmsError>>, KmsError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+    /// Applies and commits one group; also returns the microseconds spent in the durable commit.
+    fn commit_group(
+        &mut self,
+        ops: Vec<Op>,
+    ) -> (Result<Vec<Result<Out, KmsError>>, KmsError>, u64) {
         let mut outs = Vec::with_capacity(ops.len());
+        let txn = match self.apply_group(ops, &mut outs) {
+            Ok(txn) => txn,
+            Err(e) => return (Err(e), 0),
+        };
+        let t0 = std::time::Instant::now();
+        let r = txn.commit().map_err(db_err);
+        (r.map(|()| outs), t0.elapsed().as_micros() as u64)
+    }
+
+    fn apply_group(
+        &mut self,
+        ops: Vec<Op>,
+        outs: &mut Vec<Result<Out, KmsError>>,
+    ) -> Result<redb::WriteTransaction, KmsError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = Tables::open(&txn)?;
             let mut force_cp = false;
@@ -561,9 +703,9 @@ impl Writer {
             if force_cp || self.head.seq - self.head.last_checkpoint >= self.opts.checkpoint_every {
                 t.checkpoint(&mut self.head, self.signer.as_ref())?;
             }
+            t.finish()?;
         }
-        txn.commit().map_err(db_err)?;
-        Ok(outs)
+        Ok(txn)
     }
 
     fn apply(&mut self, t: &mut Tables<'_>, op: Op) -> Result<Out, KmsError> {
@@ -630,24 +772,8 @@ impl Writer {
                 }
                 let ev = if write_off {
                     b.state = BatchState::WrittenOff;
-                    let n = t
-                        .meta
-                        .get("written_off_keys")
-                        .map_err(db_err)?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    t.meta
-                        .insert("written_off_keys", n + u64::from(b.number))
-                        .map_err(db_err)?;
-                    let n = t
-                        .meta
-                        .get("written_off_batches")
-                        .map_err(db_err)?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    t.meta
-                        .insert("written_off_batches", n + 1)
-                        .map_err(db_err)?;
+                    t.bump("written_off_keys", u64::from(b.number))?;
+                    t.bump("written_off_batches", 1)?;
                     AuditEvent::WrittenOff {
                         link: b.link.clone(),
                         batch,
@@ -670,17 +796,24 @@ impl Writer {
             Op::Announce { link, ids, mark } => {
                 if mark {
                     for id in &ids {
-                        let rec = t
+                        let Some(slot) =
+                            t.index.get(id.as_str()).map_err(db_err)?.map(|v| v.value())
+                        else {
+                            continue;
+                        };
+                        let row = t
                             .live
-                            .get(id.as_str())
+                            .get(slot)
                             .map_err(db_err)?
                             .map(|v| v.value().to_vec());
-                        if let Some(bytes) = rec {
-                            let mut r: LiveRecord = dec("live key", &bytes)?;
-                            r.announced = true;
-                            t.live
-                                .insert(id.as_str(), enc(&r)?.as_slice())
-                                .map_err(db_err)?;
+                        if let Some(bytes) = row {
+                            let r = LiveRow::decode(&bytes)?;
+                            let marked = LiveRow {
+                                announced: true,
+                                ..r
+                            }
+                            .encode()?;
+                            t.live.insert(slot, marked.as_slice()).map_err(db_err)?;
                         }
                     }
                 }
@@ -688,36 +821,59 @@ impl Writer {
                 Ok(Out::Done)
             }
             Op::Deliver { key_ids, consumer } => {
-                // all or nothing: read every record before changing anything
-                let mut recs = Vec::with_capacity(key_ids.len());
-                for id in &key_ids {
-                    match t.live.get(id.as_str()).map_err(db_err)? {
-                        Some(v) => recs.push(dec::<LiveRecord>("live key", v.value())?),
-                        None => return Err(KmsError::NotAvailable(id.clone())),
-                    }
-                }
+                // All or nothing: find every key (and its batch) before changing anything.
+                let mut slots = Vec::with_capacity(key_ids.len());
                 let mut per_batch: BTreeMap<u64, (String, u32)> = BTreeMap::new();
-                for (key_id, r) in key_ids.into_iter().zip(recs) {
-                    t.live.remove(key_id.as_str()).map_err(db_err)?;
-                    let spent = SpentRecord {
-                        link: r.link.clone(),
-                        batch: r.batch,
-                        consumer: consumer.clone(),
-                        at_ms: now,
+                for id in &key_ids {
+                    let slot = t.index.get(id.as_str()).map_err(db_err)?.map(|v| v.value());
+                    let slot = match slot {
+                        Some(s) if t.live.get(s).map_err(db_err)?.is_some() => s,
+                        _ => return Err(KmsError::NotAvailable(id.clone())),
                     };
+                    let (batch, _) = unslot(slot);
+                    match per_batch.get_mut(&batch) {
+                        Some((_, n)) => *n += 1,
+                        None => {
+                            let link = t.batch(batch)?.link;
+                            per_batch.insert(batch, (link, 1));
+                        }
+                    }
+                    slots.push(slot);
+                }
+                let mut distinct = slots.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if distinct.len() != slots.len() {
+                    return Err(KmsError::NotAvailable(
+                        "the same key_ID twice in one request".into(),
+                    ));
+                }
+                // One audit record per link and request, however many keys it took.
+                let mut per_link: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+                for (key_id, slot) in key_ids.into_iter().zip(slots) {
+                    let (batch, _) = unslot(slot);
+                    t.live.remove(slot).map_err(db_err)?;
+                    let row = SpentRow {
+                        batch,
+                        at_ms: now,
+                        id: &key_id,
+                        consumer: &consumer,
+                    }
+                    .encode()?;
                     t.spent
-                        .insert(key_id.as_str(), enc(&spent)?.as_slice())
+                        .insert(self.next_spent, row.as_slice())
                         .map_err(db_err)?;
-                    per_batch
-                        .entry(r.batch)
-                        .or_insert_with(|| (r.link.clone(), 0))
-                        .1 += 1;
+                    self.next_spent += 1;
+                    let link = per_batch.get(&batch).map(|(l, _)| l.as_str()).unwrap_or("");
+                    per_link.entry(link).or_default().push(key_id);
+                }
+                for (link, key_ids) in per_link {
                     t.append(
                         &mut self.head,
                         now,
-                        &AuditEvent::Delivered {
-                            link: r.link,
-                            key_id,
+                        &AuditEvent::DeliveredKeys {
+                            link: link.to_string(),
+                            key_ids,
                             consumer: consumer.clone(),
                         },
                     )?;
@@ -898,9 +1054,7 @@ impl Writer {
                 Some("key_ID is empty or longer than 256 characters".to_string())
             } else if !seen.insert(id.clone()) {
                 Some("duplicate key_ID within the answer".to_string())
-            } else if t.live.get(id.as_str()).map_err(db_err)?.is_some()
-                || t.spent.get(id.as_str()).map_err(db_err)?.is_some()
-            {
+            } else if t.index.get(id.as_str()).map_err(db_err)?.is_some() {
                 Some("duplicate key_ID: already received earlier".to_string())
             } else if b.role == Role::Slave && !asked.contains(id.as_str()) {
                 Some("key_ID was not asked for".to_string())
@@ -935,16 +1089,15 @@ impl Writer {
                     .cts
                     .get(*position)
                     .ok_or_else(|| corrupt("sealed batch", "fewer ciphertexts than keys"))?;
-                let rec = LiveRecord {
-                    link: b.link.clone(),
-                    batch,
-                    index: *position as u64,
-                    ct: hex::encode(ct),
+                let slot = slot(batch, *position as u64);
+                let row = LiveRow {
                     announced: false,
-                };
-                t.live
-                    .insert(id.as_str(), enc(&rec)?.as_slice())
-                    .map_err(db_err)?;
+                    id,
+                    ct,
+                }
+                .encode()?;
+                t.live.insert(slot, row.as_slice()).map_err(db_err)?;
+                t.index.insert(id.as_str(), slot).map_err(db_err)?;
             }
             b.wrapped_dk = Some(hex::encode(wrapped));
             b.live = out.accepted.len() as u32;
@@ -952,6 +1105,9 @@ impl Writer {
         } else {
             b.state = BatchState::Erased;
         }
+        // The IDs asked for matter only while the answer is awaited (a write-off names them); the
+        // audit log keeps them, and the record stays small for the deliveries that update it.
+        b.ids = Vec::new();
         t.put_batch(&b)?;
         t.append(
             &mut self.head,
@@ -998,19 +1154,39 @@ impl Store {
         // anything is written.
         {
             let txn = db.begin_read().map_err(db_err)?;
-            // a new file has no tables yet
-            if let (Ok(batches), Ok(live)) = (txn.open_table(BATCHES), txn.open_table(LIVE)) {
-                let mut by_batch: BTreeMap<u64, Vec<(String, LiveRecord)>> = BTreeMap::new();
+            // (index in the batch, key_ID, ciphertext, announced), by batch: both row formats
+            type SealedRow = (u64, String, Vec<u8>, bool);
+            let mut by_batch: BTreeMap<u64, Vec<SealedRow>> = BTreeMap::new();
+            if let Ok(live) = txn.open_table(LIVE) {
+                for row in live.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let (batch, index) = unslot(k.value());
+                    let r = LiveRow::decode(v.value())?;
+                    by_batch.entry(batch).or_default().push((
+                        index,
+                        r.id.to_string(),
+                        r.ct.to_vec(),
+                        r.announced,
+                    ));
+                }
+            }
+            if let Ok(live) = txn.open_table(OLD_LIVE) {
                 for row in live.iter().map_err(db_err)? {
                     let (k, v) = row.map_err(db_err)?;
                     let r: LiveRecord = dec("live key", v.value())?;
-                    by_batch
-                        .entry(r.batch)
-                        .or_default()
-                        .push((k.value().to_string(), r));
+                    let ct = hex::decode(&r.ct).map_err(|e| corrupt("sealed key", e))?;
+                    by_batch.entry(r.batch).or_default().push((
+                        r.index,
+                        k.value().to_string(),
+                        ct,
+                        r.announced,
+                    ));
                 }
+            }
+            if !by_batch.is_empty() {
+                let batches = txn.open_table(BATCHES).map_err(db_err)?;
                 for (batch, mut recs) in by_batch {
-                    recs.sort_by_key(|(_, r)| r.index);
+                    recs.sort_by_key(|r| r.0);
                     let b: BatchRecord = match batches.get(batch).map_err(db_err)? {
                         Some(v) => dec("batch", v.value())?,
                         None => return Err(corrupt("live key", format!("batch {batch} missing"))),
@@ -1023,14 +1199,13 @@ impl Store {
                     };
                     let blob = hex::decode(w).map_err(|e| corrupt("wrapped data key", e))?;
                     let dk = kek.unwrap(&blob, &batch_context(batch))?;
-                    for (id, r) in recs {
-                        let ct = hex::decode(&r.ct).map_err(|e| corrupt("sealed key", e))?;
-                        let key = open_with(&dk, r.index, id.as_bytes(), &ct)?;
+                    for (index, id, ct, announced) in recs {
+                        let key = open_with(&dk, index, id.as_bytes(), &ct)?;
                         loaded.keys.push(StoredKey {
-                            link: r.link,
+                            link: b.link.clone(),
                             id,
                             key,
-                            announced: r.announced,
+                            announced,
                         });
                     }
                 }
@@ -1056,10 +1231,17 @@ impl Store {
             hash: GENESIS,
             last_checkpoint: 0,
         };
+        let next_spent;
         {
             let txn = db.begin_write().map_err(db_err)?;
+            let migrated = migrate_v1_rows(&txn)?;
             {
                 let mut t = Tables::open(&txn)?;
+                next_spent = t
+                    .spent
+                    .last()
+                    .map_err(db_err)?
+                    .map_or(0, |(k, _)| k.value() + 1);
                 if let Some((k, v)) = t.audit.last().map_err(db_err)? {
                     let rec: AuditRecord = dec("audit record", v.value())?;
                     let bytes = hex::decode(&rec.hash).map_err(|e| corrupt("audit hash", e))?;
@@ -1079,28 +1261,15 @@ impl Store {
                         pending.push(b);
                     }
                 }
+                if migrated > 0 {
+                    info!(rows = migrated, "key rows moved to the slot-keyed tables");
+                }
                 for mut b in pending {
                     warn!(link = %b.link, batch = b.id, number = b.number, "writing off a fetch whose answer was never recorded");
                     b.state = BatchState::WrittenOff;
                     t.put_batch(&b)?;
-                    let n = t
-                        .meta
-                        .get("written_off_keys")
-                        .map_err(db_err)?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    t.meta
-                        .insert("written_off_keys", n + u64::from(b.number))
-                        .map_err(db_err)?;
-                    let n = t
-                        .meta
-                        .get("written_off_batches")
-                        .map_err(db_err)?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    t.meta
-                        .insert("written_off_batches", n + 1)
-                        .map_err(db_err)?;
+                    t.bump("written_off_keys", u64::from(b.number))?;
+                    t.bump("written_off_batches", 1)?;
                     t.append(
                         &mut head,
                         now,
@@ -1122,6 +1291,7 @@ impl Store {
                     },
                 )?;
                 t.checkpoint(&mut head, signer.as_ref())?;
+                t.finish()?;
             }
             txn.commit().map_err(db_err)?;
         }
@@ -1136,6 +1306,7 @@ impl Store {
             clock,
             opts,
             head,
+            next_spent,
         };
         let writer = std::thread::Builder::new()
             .name("kms-store-writer".into())
@@ -1242,39 +1413,59 @@ impl Store {
     /// Live QKD keys (metadata only).
     pub fn live_keys(&self) -> Result<Vec<LiveKeyInfo>, KmsError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let t = txn.open_table(LIVE).map_err(db_err)?;
+        let Ok(t) = txn.open_table(LIVE) else {
+            return Ok(Vec::new());
+        };
+        let batches = txn.open_table(BATCHES).map_err(db_err)?;
+        let mut links: BTreeMap<u64, String> = BTreeMap::new();
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            let r: LiveRecord = dec("live key", v.value())?;
+            let (batch, _) = unslot(k.value());
+            let r = LiveRow::decode(v.value())?;
+            if let std::collections::btree_map::Entry::Vacant(e) = links.entry(batch) {
+                let b: BatchRecord = match batches.get(batch).map_err(db_err)? {
+                    Some(v) => dec("batch", v.value())?,
+                    None => return Err(corrupt("live key", format!("batch {batch} missing"))),
+                };
+                e.insert(b.link);
+            }
             out.push(LiveKeyInfo {
-                key_id: k.value().to_string(),
-                link: r.link,
-                batch: r.batch,
+                key_id: r.id.to_string(),
+                link: links.get(&batch).cloned().unwrap_or_default(),
+                batch,
                 announced: r.announced,
             });
         }
         Ok(out)
     }
 
-    /// Every delivered key ID with its consumer.
+    /// Every delivered key ID with its consumer, in delivery order.
     pub fn spent_keys(&self) -> Result<Vec<(String, String)>, KmsError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let t = txn.open_table(SPENT).map_err(db_err)?;
+        let Ok(t) = txn.open_table(SPENT) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let r: SpentRecord = dec("spent key", v.value())?;
-            out.push((k.value().to_string(), r.consumer));
+            let (_, v) = row.map_err(db_err)?;
+            let r = SpentRow::decode(v.value())?;
+            out.push((r.id.to_string(), r.consumer.to_string()));
         }
         Ok(out)
     }
 
-    /// Whether a key ID was delivered already.
+    /// Whether a key ID was delivered already (received once and no longer stored).
     pub fn is_spent(&self, key_id: &str) -> Result<bool, KmsError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let t = txn.open_table(SPENT).map_err(db_err)?;
-        Ok(t.get(key_id).map_err(db_err)?.is_some())
+        let Ok(index) = txn.open_table(KEY_INDEX) else {
+            return Ok(false);
+        };
+        let Some(slot) = index.get(key_id).map_err(db_err)?.map(|v| v.value()) else {
+            return Ok(false);
+        };
+        let live = txn.open_table(LIVE).map_err(db_err)?;
+        Ok(live.get(slot).map_err(db_err)?.is_none())
     }
 
     /// Managed keys (metadata only).

@@ -441,3 +441,150 @@ fn concurrent_deliveries_are_group_committed_and_each_key_goes_once() {
     assert_eq!(s.counts().unwrap().spent_keys, 200);
     s.verify_audit().unwrap();
 }
+
+#[test]
+fn a_request_of_several_keys_is_one_audit_record() {
+    let f = Fixture::new();
+    let (s, _) = f.open();
+    let b = begin(&s, Role::Master, 3, vec![]);
+    complete(
+        &s,
+        b,
+        vec![
+            ("m1".into(), key(1)),
+            ("m2".into(), key(2)),
+            ("m3".into(), key(3)),
+        ],
+    );
+    let before = events(&s).len();
+    s.submit_blocking(Op::Deliver {
+        key_ids: vec!["m3".into(), "m1".into()],
+        consumer: "app".into(),
+    })
+    .unwrap();
+    let evs = events(&s);
+    assert_eq!(
+        &evs[before..],
+        &[AuditEvent::DeliveredKeys {
+            link: "ab".into(),
+            key_ids: vec!["m3".into(), "m1".into()],
+            consumer: "app".into(),
+        }]
+    );
+    // the same ID twice in one request delivers nothing
+    assert!(matches!(
+        s.submit_blocking(Op::Deliver {
+            key_ids: vec!["m2".into(), "m2".into()],
+            consumer: "app".into(),
+        }),
+        Err(KmsError::NotAvailable(_))
+    ));
+    assert_eq!(s.spent_keys().unwrap().len(), 2);
+    assert_eq!(s.live_keys().unwrap().len(), 1);
+    s.verify_audit().unwrap();
+}
+
+#[test]
+fn a_file_of_the_first_version_is_migrated_to_slot_keyed_rows() {
+    let f = Fixture::new();
+    // Write what the first version wrote: one batch of three keys, rows keyed by key_ID in JSON,
+    // one of them already delivered.
+    {
+        let db = Database::create(f.path()).unwrap();
+        let keys: Vec<DeliveredKey> = vec![
+            ("o1".into(), key(1)),
+            ("o2".into(), key(2)),
+            ("o3".into(), key(3)),
+        ];
+        let sealed = seal_batch(f.kek.as_ref(), 1, &keys).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut batches = txn.open_table(BATCHES).unwrap();
+            let b = BatchRecord {
+                id: 1,
+                link: "ab".into(),
+                role: Role::Master,
+                state: BatchState::Received,
+                number: 3,
+                size: 256,
+                ids: vec![],
+                kek: "kek-1".into(),
+                wrapped_dk: Some(hex::encode(&sealed.wrapped_dk)),
+                live: 2,
+                created_ms: 5,
+            };
+            batches.insert(1, enc(&b).unwrap().as_slice()).unwrap();
+            let mut live = txn.open_table(OLD_LIVE).unwrap();
+            for i in [0usize, 2] {
+                let r = LiveRecord {
+                    link: "ab".into(),
+                    batch: 1,
+                    index: i as u64,
+                    ct: hex::encode(&sealed.cts[i]),
+                    announced: i == 2,
+                };
+                live.insert(keys[i].0.as_str(), enc(&r).unwrap().as_slice())
+                    .unwrap();
+            }
+            let mut spent = txn.open_table(OLD_SPENT).unwrap();
+            let r = SpentRecord {
+                link: "ab".into(),
+                batch: 1,
+                consumer: "old-tunnel".into(),
+                at_ms: 7,
+            };
+            spent.insert("o2", enc(&r).unwrap().as_slice()).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("next_batch", 2)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (s, loaded) = f.open();
+    let got: Vec<_> = loaded
+        .keys
+        .iter()
+        .map(|k| (k.id.as_str(), k.announced))
+        .collect();
+    assert_eq!(got, vec![("o1", false), ("o3", true)]);
+    assert!(loaded.keys[0].key.ct_eq(&key(1)));
+    assert!(loaded.keys[1].key.ct_eq(&key(3)));
+    assert!(s.is_spent("o2").unwrap());
+    assert!(!s.is_spent("o1").unwrap());
+    assert_eq!(
+        s.spent_keys().unwrap(),
+        vec![("o2".to_string(), "old-tunnel".to_string())]
+    );
+    // the old tables are gone, and a KME repeating a migrated ID is still refused
+    {
+        use redb::TableHandle;
+        let txn = s.db.begin_read().unwrap();
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|h| h.name().to_string())
+            .collect();
+        assert!(!names.iter().any(|n| n == "live_keys" || n == "spent_keys"));
+    }
+    let b = begin(&s, Role::Master, 2, vec![]);
+    let c = complete(&s, b, vec![("o2".into(), key(9)), ("o3".into(), key(9))]);
+    assert!(c.accepted.is_empty());
+    assert_eq!(c.refused.len(), 2);
+    // migrated keys are delivered like any other, and the batch is erased with its last key
+    s.submit_blocking(Op::Deliver {
+        key_ids: vec!["o1".into(), "o3".into()],
+        consumer: "t".into(),
+    })
+    .unwrap();
+    assert!(
+        events(&s)
+            .iter()
+            .any(|e| matches!(e, AuditEvent::Erased { batch: 1, .. }))
+    );
+    drop(s);
+    let (s, loaded) = f.open();
+    assert!(loaded.keys.is_empty());
+    assert_eq!(s.spent_keys().unwrap().len(), 3);
+    s.verify_audit().unwrap();
+}
