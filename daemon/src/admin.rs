@@ -39,7 +39,7 @@ pub struct AdminResponse {
 }
 
 /// The effective uid of this process, without libc: the owner of /proc/self.
-fn my_uid() -> Option<u32> {
+pub(crate) fn my_uid() -> Option<u32> {
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 

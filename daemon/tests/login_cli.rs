@@ -154,10 +154,11 @@ file = "ts.txt"
         text(&o)
     );
 
-    // The officer's grant goes through.
+    // The officer's grant goes through (no service runs: the store is opened directly, and it says so).
     let o = grant(&officer, &officer_pin);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("is cleared SECRET//X"), "{}", text(&o));
+    assert!(text(&o).contains("directly"), "{}", text(&o));
     let o = qsi(&["access", "show", "--db", &db, "--json"]);
     let persons: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(persons.as_array().unwrap().len(), 2, "{persons}");
@@ -211,6 +212,38 @@ file = "ts.txt"
     assert_eq!(out["results"][1]["status"], 404);
     assert_eq!(out["logged_out"], true);
 
+    // While the portal runs it owns the store: `qsi access` goes through its admin socket, the officer
+    // still signing with their card here; the new record ends the analyst's sessions and applies at once.
+    let mut a: Vec<String> = vec!["access".into(), "grant".into(), "--db".into(), db.clone()];
+    a.extend(card_args(&officer, &officer_pin));
+    a.extend([
+        "--person-cert".into(),
+        analyst_cert.display().to_string(),
+        "--name".into(),
+        "Alan Analyst".into(),
+        "--clearance".into(),
+        "CONFIDENTIAL".into(),
+    ]);
+    let o = qsi(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("is cleared CONFIDENTIAL") && !text(&o).contains("directly"),
+        "{}",
+        text(&o)
+    );
+    let o = qsi(&["access", "show", "--db", &db]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("CONFIDENTIAL") && !text(&o).contains("directly"),
+        "{}",
+        text(&o)
+    );
+    let o = login(&analyst_pin, &audit);
+    assert!(o.status.success(), "{}", text(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["session"]["clearance"], "CONFIDENTIAL");
+    assert_eq!(out["results"][0]["status"], 404);
+
     // A wrong PIN: refused by the card, with its PIN flags, audited locally, nothing sent.
     let wrong = write(d, "wrong.pin", "99999999");
     let o = login(&wrong, &audit);
@@ -231,6 +264,7 @@ file = "ts.txt"
     let o = qsi(&["access", "show", "--db", &db, "--audit"]);
     assert!(o.status.success(), "{}", text(&o));
     let log = text(&o);
+    assert!(log.contains("directly"), "{log}");
     assert!(
         log.contains("\"event\":\"login\"") && log.contains("\"event\":\"access-denied\""),
         "{log}"

@@ -343,3 +343,83 @@ fn a_card_holding_only_the_key_opens_with_its_certificate_file() {
         .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_through_the_admin_socket_ends_live_sessions() {
+    use qsi_daemon::access::{Action, Assignment};
+    use qsi_daemon::portal::admin::{AccessRequest, request};
+    let tb = Testbed::start(TestbedOptions::default()).await.unwrap();
+    let alan = tb.enrol("Alan Analyst", Some("SECRET//X")).unwrap();
+    let card = alan.open().unwrap();
+    let mut c = tb.connect(&card).await.unwrap();
+    assert_eq!(c.login().await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        c.request(Method::GET, "/whoami").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // The officer signs the revocation on the client side; the running portal applies it.
+    let officer = tb.officer.open().unwrap();
+    let socket = tb.admin_socket.clone();
+    let subject = alan.subject();
+    let asked = tokio::task::spawn_blocking(move || {
+        let seq = request(
+            &socket,
+            &AccessRequest::Person {
+                uuid: subject.uuid,
+                fascn: subject.fascn.clone(),
+            },
+        )
+        .unwrap()
+        .expect("the portal answers on its socket")
+        .person
+        .unwrap()
+        .seq;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signed = Assignment {
+            subject,
+            action: Action::Revoke,
+            seq: seq + 1,
+            issued_at: now,
+            subject_cert: None,
+        }
+        .sign(&officer)
+        .unwrap();
+        let forged = signed.clone();
+        let applied = request(&socket, &AccessRequest::Apply { assignment: signed })
+            .unwrap()
+            .unwrap();
+        // The same record replayed is refused by the store, with its reason.
+        let replay = request(&socket, &AccessRequest::Apply { assignment: forged })
+            .unwrap()
+            .unwrap();
+        (applied, replay)
+    })
+    .await
+    .unwrap();
+    assert!(asked.0.error.is_none(), "{:?}", asked.0.error);
+    assert_eq!(asked.0.person.unwrap().clearance, None);
+    assert!(
+        asked
+            .1
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not the next one"),
+        "{:?}",
+        asked.1.error
+    );
+
+    // The live session ended with the revocation; a new login is refused.
+    let a = c.request(Method::GET, "/whoami").await.unwrap();
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{:?}", a.body);
+    let mut c2 = tb.connect(&card).await.unwrap();
+    let a = c2.login().await.unwrap();
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.error().unwrap().contains("withdrawn"), "{:?}", a.body);
+    let ev = events(&tb);
+    assert!(
+        ev.iter().any(|e| matches!(e, AuditEvent::Logout { .. })),
+        "{ev:?}"
+    );
+}

@@ -1,6 +1,9 @@
 //! `qsi access`: the security officer's commands. Every change is an assignment signed with the
-//! officer's card and checked by the store (signature, officer, record number) before it is applied.
-//! The store is the portal's redb file: these commands open it directly, so stop the portal first.
+//! officer's card here, on the client side, and checked by the store (signature, officer, record
+//! number) before it is applied. While the service that owns the store runs (the portal, standalone or
+//! inside qsid), the commands go through its access admin socket (`access.sock` beside `access.redb`,
+//! peer credentials checked); only when no service answers do they open the redb file directly, and say
+//! so.
 
 use std::path::PathBuf;
 
@@ -10,7 +13,11 @@ use clap::{Args, Subcommand};
 use qsi_labels::Label;
 
 use super::card::CardArgs;
-use crate::access::{AccessStore, Action, Assignment, CardIdentity, Subject};
+use crate::access::{
+    AccessStore, Action, Assignment, AuditRecord, CardIdentity, PersonRecord, SignedAssignment,
+    Subject,
+};
+use crate::portal::admin::{AccessRequest, AccessResponse, default_socket, request};
 
 /// `qsi access ...`.
 #[derive(Subcommand, Debug)]
@@ -51,6 +58,9 @@ pub struct Bootstrap {
     /// The access store (redb file)
     #[arg(long)]
     pub db: PathBuf,
+    /// The running service's access admin socket (default: the store's path with `.sock`)
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     /// The first officer's card
     #[command(flatten)]
     pub card: CardArgs,
@@ -68,6 +78,9 @@ pub struct Grant {
     /// The access store (redb file)
     #[arg(long)]
     pub db: PathBuf,
+    /// The running service's access admin socket (default: the store's path with `.sock`)
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     /// The signing officer's card
     #[command(flatten)]
     pub card: CardArgs,
@@ -88,6 +101,9 @@ pub struct Revoke {
     /// The access store (redb file)
     #[arg(long)]
     pub db: PathBuf,
+    /// The running service's access admin socket (default: the store's path with `.sock`)
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     /// The signing officer's card
     #[command(flatten)]
     pub card: CardArgs,
@@ -102,6 +118,9 @@ pub struct Show {
     /// The access store (redb file)
     #[arg(long)]
     pub db: PathBuf,
+    /// The running service's access admin socket (default: the store's path with `.sock`)
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     /// Show the audit log (after verifying its hash chain) instead of the persons
     #[arg(long)]
     pub audit: bool,
@@ -127,9 +146,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 clearance: g.clearance,
                 officer: g.officer,
             };
-            change(&g.db, &g.card, &g.who, action, g.officer)
+            let store = Backend::open(&g.db, g.socket.as_deref())?;
+            change(&store, &g.card, &g.who, action, g.officer)
         }
-        Command::Revoke(r) => change(&r.db, &r.card, &r.who, Action::Revoke, false),
+        Command::Revoke(r) => {
+            let store = Backend::open(&r.db, r.socket.as_deref())?;
+            change(&store, &r.card, &r.who, Action::Revoke, false)
+        }
         Command::Show(s) => show(s),
         Command::Serve(s) => {
             let config = crate::portal::PortalConfig::load(&s.config)?;
@@ -142,8 +165,97 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn open_store(db: &std::path::Path) -> anyhow::Result<AccessStore> {
-    AccessStore::open(db).map_err(|e| anyhow::anyhow!("{e}"))
+/// Where the access store is reached: the running service's admin socket, or the file itself.
+enum Backend {
+    /// A service owns the store and answers here.
+    Socket(PathBuf),
+    /// No service answered: the store is opened directly.
+    Direct(AccessStore),
+}
+
+impl Backend {
+    /// The service's socket when one answers, else the file (saying so on stderr).
+    fn open(db: &std::path::Path, socket: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let socket = socket.map_or_else(|| default_socket(db), std::path::Path::to_path_buf);
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            tracing::info!(socket = %socket.display(), "using the running service's access admin socket");
+            return Ok(Backend::Socket(socket));
+        }
+        eprintln!(
+            "qsi access: no service answers on {}: opening the store {} directly (it must be stopped)",
+            socket.display(),
+            db.display()
+        );
+        AccessStore::open(db)
+            .map(Backend::Direct)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn call(socket: &std::path::Path, req: &AccessRequest) -> anyhow::Result<AccessResponse> {
+        let resp = request(socket, req)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the service on {} stopped answering; run the command again",
+                socket.display()
+            )
+        })?;
+        match &resp.error {
+            Some(e) => anyhow::bail!("{e}"),
+            None => Ok(resp),
+        }
+    }
+
+    fn person_for(&self, id: &CardIdentity) -> anyhow::Result<Option<PersonRecord>> {
+        match self {
+            Backend::Direct(s) => Ok(s.person_for(id)?),
+            Backend::Socket(p) => {
+                let req = AccessRequest::Person {
+                    uuid: id.uuid,
+                    fascn: id.fascn.clone(),
+                };
+                Ok(Self::call(p, &req)?.person)
+            }
+        }
+    }
+
+    fn apply(&self, signed: SignedAssignment) -> anyhow::Result<PersonRecord> {
+        match self {
+            Backend::Direct(s) => Ok(s.apply(&signed, now())?),
+            Backend::Socket(p) => Self::call(p, &AccessRequest::Apply { assignment: signed })?
+                .person
+                .ok_or_else(|| anyhow::anyhow!("the service returned no record")),
+        }
+    }
+
+    fn bootstrap(&self, signed: SignedAssignment) -> anyhow::Result<PersonRecord> {
+        match self {
+            Backend::Direct(s) => Ok(s.bootstrap(&signed, now())?),
+            Backend::Socket(p) => Self::call(p, &AccessRequest::Bootstrap { assignment: signed })?
+                .person
+                .ok_or_else(|| anyhow::anyhow!("the service returned no record")),
+        }
+    }
+
+    fn persons(&self) -> anyhow::Result<Vec<PersonRecord>> {
+        match self {
+            Backend::Direct(s) => Ok(s.persons()?),
+            Backend::Socket(p) => Ok(Self::call(p, &AccessRequest::Persons)?
+                .persons
+                .unwrap_or_default()),
+        }
+    }
+
+    /// The audit log after its hash chain verified.
+    fn audit(&self) -> anyhow::Result<Vec<AuditRecord>> {
+        match self {
+            Backend::Direct(s) => {
+                s.verify_audit()?;
+                Ok(s.audit_log()?)
+            }
+            Backend::Socket(p) => Ok(Self::call(p, &AccessRequest::Audit)?
+                .audit
+                .unwrap_or_default()),
+        }
+    }
 }
 
 fn cert_der(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -160,7 +272,7 @@ fn cert_der(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 fn bootstrap(b: Bootstrap) -> anyhow::Result<()> {
     let card = b.card.open()?;
     let id = CardIdentity::from_cert_der(&card.cert_der)?;
-    let store = open_store(&b.db)?;
+    let store = Backend::open(&b.db, b.socket.as_deref())?;
     let signed = Assignment {
         subject: Subject {
             name: b.name,
@@ -177,7 +289,7 @@ fn bootstrap(b: Bootstrap) -> anyhow::Result<()> {
     }
     .sign(&card)?;
     let rec = store
-        .bootstrap(&signed, now())
+        .bootstrap(signed)
         .context("the bootstrap was refused")?;
     println!(
         "first security officer named: {} ({}), clearance {}",
@@ -189,7 +301,7 @@ fn bootstrap(b: Bootstrap) -> anyhow::Result<()> {
 }
 
 fn change(
-    db: &std::path::Path,
+    store: &Backend,
     card: &CardArgs,
     who: &Who,
     action: Action,
@@ -224,7 +336,6 @@ fn change(
     if officer && subject_cert.is_none() {
         anyhow::bail!("--officer needs --person-cert, so the new officer's card key can be pinned");
     }
-    let store = open_store(db)?;
     let seq = store
         .person_for(&subject.identity())?
         .map_or(1, |p| p.seq + 1);
@@ -238,7 +349,7 @@ fn change(
     }
     .sign(&card)?;
     let rec = store
-        .apply(&signed, now())
+        .apply(signed)
         .context("the assignment was refused (and the refusal audited)")?;
     match rec.clearance {
         Some(c) => println!(
@@ -262,12 +373,12 @@ fn change(
 }
 
 fn show(s: Show) -> anyhow::Result<()> {
-    let store = open_store(&s.db)?;
+    let store = Backend::open(&s.db, s.socket.as_deref())?;
     if s.audit {
-        let n = store
-            .verify_audit()
+        let log = store
+            .audit()
             .context("the audit log's hash chain is broken")?;
-        let log = store.audit_log()?;
+        let n = log.len();
         if s.json {
             println!("{}", serde_json::to_string(&log)?);
         } else {

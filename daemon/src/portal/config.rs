@@ -18,6 +18,9 @@ pub struct RawConfig {
     pub clearance: String,
     /// The access store (redb file).
     pub store: PathBuf,
+    /// The access admin socket `qsi access` talks to (default: the store's path with `.sock`).
+    #[serde(default)]
+    pub admin_socket: Option<PathBuf>,
     /// Session lifetime in seconds (default 900).
     #[serde(default)]
     pub session_ttl_secs: Option<u64>,
@@ -132,6 +135,8 @@ pub struct PortalConfig {
     pub clearance: Label,
     /// Access store path.
     pub store: PathBuf,
+    /// Access admin socket path.
+    pub admin_socket: PathBuf,
     /// Session lifetime.
     pub session_ttl_secs: i64,
     /// TLS certificate chain file.
@@ -334,6 +339,10 @@ impl PortalConfig {
             listen,
             clearance,
             store: rel(&raw.store),
+            admin_socket: raw
+                .admin_socket
+                .as_deref()
+                .map_or_else(|| super::admin::default_socket(&rel(&raw.store)), rel),
             session_ttl_secs: ttl as i64,
             tls_cert: rel(&raw.tls.cert),
             tls_key: rel(&raw.tls.key),

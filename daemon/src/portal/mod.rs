@@ -7,8 +7,10 @@
 //! - [`session`]: the session table (pure).
 //! - [`config`]: the portal's TOML configuration.
 //! - [`server`]: request handling and the accept loop.
+//! - [`admin`]: the access admin socket `qsi access` talks to while the portal runs.
 //! - [`client`]: the client side, used by `qsi login`, the tests and the benchmark.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod server;

@@ -152,6 +152,29 @@ impl Portal {
         (self.clock)()
     }
 
+    /// The portal's clock (Unix seconds).
+    pub fn clock_now(&self) -> i64 {
+        self.now()
+    }
+
+    /// The access store this portal owns.
+    pub fn store(&self) -> &AccessStore {
+        &self.store
+    }
+
+    /// Ends the live sessions of a person whose record changed, so a withdrawn or lowered clearance
+    /// applies at once (they log in again under the new record).
+    pub fn person_changed(&self, person: &str) {
+        let gone = self.sessions().end_person(person);
+        for s in gone {
+            tracing::info!(%person, session = %s.id, "session ended: the person's clearance changed");
+            self.audit(AuditEvent::Logout {
+                person: s.person,
+                session: s.id,
+            });
+        }
+    }
+
     fn audit(&self, event: AuditEvent) {
         // The record is durable before the answer goes out; its fsync must not hold a runtime worker,
         // or concurrent logins could not share a group commit.
@@ -673,14 +696,23 @@ pub async fn serve_config(config: PortalConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "login portal listening");
-    println!("portal listening on {addr}");
+    let socket = config.admin_socket.clone();
     let portal = Arc::new(Portal::new(
         config,
         store,
         Arc::new(validator),
         system_clock(),
     ));
-    portal.serve(listener, Arc::new(tls)).await?;
+    // Bound before the portal announces itself, so `qsi access` finds it once we are up.
+    let admin = tokio::spawn(super::admin::serve(
+        portal.clone(),
+        super::admin::bind(&socket)?,
+    ));
+    tracing::info!(%addr, socket = %socket.display(), "login portal listening");
+    println!("portal listening on {addr}");
+    let served = portal.serve(listener, Arc::new(tls)).await;
+    admin.abort();
+    let _ = std::fs::remove_file(&socket);
+    served?;
     Ok(())
 }

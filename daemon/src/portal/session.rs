@@ -182,6 +182,17 @@ impl Sessions {
         gone.iter().filter_map(|h| self.by_hash.remove(h)).collect()
     }
 
+    /// Ends every session of `person` (their clearance changed); returns them.
+    pub fn end_person(&mut self, person: &str) -> Vec<Session> {
+        let gone: Vec<[u8; 32]> = self
+            .by_hash
+            .iter()
+            .filter(|(_, s)| s.person == person)
+            .map(|(h, _)| *h)
+            .collect();
+        gone.iter().filter_map(|h| self.by_hash.remove(h)).collect()
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.by_hash.len()

@@ -109,7 +109,10 @@ pub struct Testbed {
     pub addr: SocketAddr,
     /// Seconds added to the portal's clock (tests move time with it).
     pub clock_offset: Arc<AtomicI64>,
+    /// The portal's access admin socket (what `qsi access` talks to).
+    pub admin_socket: PathBuf,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Testbed {
@@ -123,6 +126,7 @@ impl std::fmt::Debug for Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         self.server.abort();
+        self.admin.abort();
     }
 }
 
@@ -212,6 +216,7 @@ impl Testbed {
             listen: "127.0.0.1:0".parse()?,
             clearance: "TS//X//Y".parse()?,
             store: store_path.clone(),
+            admin_socket: super::admin::default_socket(&store_path),
             session_ttl_secs: 600,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
@@ -264,7 +269,12 @@ impl Testbed {
         )?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let admin_socket = config.admin_socket.clone();
         let portal = Arc::new(Portal::new(config, store.clone(), validator, clock));
+        let admin = tokio::spawn(super::admin::serve(
+            portal.clone(),
+            super::admin::bind(&admin_socket)?,
+        ));
         let server = tokio::spawn(portal.serve(listener, Arc::new(tls)));
         Ok(Testbed {
             dir,
@@ -273,7 +283,9 @@ impl Testbed {
             officer,
             addr,
             clock_offset,
+            admin_socket,
             server,
+            admin,
         })
     }
 
