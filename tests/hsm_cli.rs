@@ -137,6 +137,8 @@ fn init_token_keygen_list_pubkey_test_with_json() {
     let report: Value = serde_json::from_str(&e.ok(&args)).unwrap();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["results"].as_array().unwrap().len(), 6);
+    // SoftHSM2 2.6 has no CKM_ML_DSA: the report says ML-DSA keys take the sealed path.
+    assert_eq!(report["ml_dsa_path"], "sealed-by-token", "{report}");
     let mechs: Vec<&str> = report["mechanisms"]
         .as_array()
         .unwrap()
@@ -295,5 +297,111 @@ fn bench_hsm_quick_reports_both_sides_and_the_ratio() {
         assert!(hsm > 0.0 && lc > 0.0, "{r}");
         let ratio = r["ratio_softhsm2_over_aws_lc_rs"].as_f64().unwrap();
         assert!((ratio - hsm / lc).abs() < 1e-9, "{r}");
+    }
+}
+
+/// `qsi hsm` on a token with the PKCS#11 3.2 ML-DSA mechanisms (Kryoptic, scripts/install-kryoptic):
+/// `keygen` picks the native path by itself, `--ml-dsa sealed` forces the wrapped one, `test` reports the
+/// path and exercises both.
+#[test]
+fn keygen_and_test_take_the_native_path_on_a_token_with_ml_dsa() {
+    let module = qsi_hsm::kryoptic::kryoptic_module_path().unwrap_or_else(|e| {
+        panic!(
+            "Kryoptic is required for this test: run scripts/install-kryoptic (.ci/run does): {e}"
+        )
+    });
+    let e = Env::new();
+    let conf = e.dir.path().join("kryoptic.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
+            e.dir.path().join("slot-1.sql").display()
+        ),
+    )
+    .unwrap();
+    let qsi = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_qsi"))
+            .args(args)
+            .arg("--module")
+            .arg(&module)
+            .env("KRYOPTIC_CONF", &conf)
+            .env_remove("QSI_HSM_PIN")
+            .env_remove("QSI_HSM_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "qsi {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let user = e.pin("user.pin");
+    let so = e.pin("so.pin");
+    qsi(&[
+        "hsm",
+        "init-token",
+        "--label",
+        "pq",
+        "--pin-file",
+        &user,
+        "--so-pin-file",
+        &so,
+        "--json",
+    ]);
+    let auth = ["--token", "pq", "--pin-file", user.as_str(), "--json"];
+    let keygen = |label: &str, alg: &str, extra: &[&str]| {
+        let mut args = vec!["hsm", "keygen", "--label", label, "--type", alg];
+        args.extend(extra);
+        args.extend(auth);
+        qsi(&args)
+    };
+    assert_eq!(keygen("ca-87", "ml-dsa-87", &[])["storage"], "token");
+    assert_eq!(keygen("site-65", "ml-dsa-65", &[])["storage"], "token");
+    let forced = keygen("old-65", "ml-dsa-65", &["--ml-dsa", "sealed"]);
+    assert_eq!(forced["storage"], "sealed-by-token");
+
+    let mut args = vec!["hsm", "pubkey", "site-65"];
+    args.extend(auth);
+    let pem = qsi(&args)["spki_pem"].as_str().unwrap().to_string();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+
+    let mut args = vec!["hsm", "test"];
+    args.extend(auth);
+    let report = qsi(&args);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["ml_dsa_path"], "token", "{report}");
+    assert!(
+        report["mechanisms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "CKM_ML_DSA_KEY_PAIR_GEN"),
+        "{report}"
+    );
+    let rows: Vec<(String, String)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap().to_string(),
+                r["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (name, storage) in [
+        ("ml-dsa-65", "Token"),
+        ("ml-dsa-87", "Token"),
+        ("ml-dsa-65-sealed", "SealedByToken"),
+        ("ml-dsa-87-sealed", "SealedByToken"),
+    ] {
+        let (_, detail) = rows
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} row in {rows:?}"));
+        assert!(detail.ends_with(&format!("{storage})")), "{name}: {detail}");
     }
 }

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::der;
 use crate::error::{Error, Result};
-use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, SignatureScheme};
+use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, MlDsaMode, SignatureScheme};
 use crate::pin::Pin;
 use crate::store::{Backend, KeyStore, StoreInfo, check_kek, check_label, check_scheme};
 
@@ -449,6 +449,7 @@ impl KeyStore for FileStore {
             description: NOT_FOR_PRODUCTION.into(),
             serial: String::new(),
             production: false,
+            ml_dsa: KeyStorage::File,
         }
     }
 
@@ -464,6 +465,13 @@ impl KeyStore for FileStore {
                 key: label.into(),
                 operation: "generate as extractable",
                 reason: "only AES keys can be wrapped out of a store".into(),
+            });
+        }
+        if algorithm.is_ml_dsa() && options.ml_dsa == MlDsaMode::Native {
+            return Err(Error::NotPermitted {
+                key: label.into(),
+                operation: "generate on a token's native ML-DSA",
+                reason: "the file store has no token; use a PKCS#11 token with CKM_ML_DSA".into(),
             });
         }
         let (private, spki) = self.new_key_material(algorithm)?;
@@ -733,7 +741,10 @@ mod tests {
             .generate_with(
                 "movable",
                 KeyAlgorithm::Aes256,
-                GenerateOptions { extractable: true },
+                GenerateOptions {
+                    extractable: true,
+                    ..GenerateOptions::default()
+                },
             )
             .unwrap();
         let wrapped = store.wrap_key(&kek, &movable).unwrap();

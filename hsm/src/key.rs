@@ -161,7 +161,8 @@ impl SignatureScheme {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyStorage {
-    /// A key object of the token, used through the token's own mechanisms.
+    /// A key object of the token, used through the token's own mechanisms (for ML-DSA: the PKCS#11 3.2
+    /// `CKM_ML_DSA_KEY_PAIR_GEN` and `CKM_ML_DSA` of a token that offers them).
     Token,
     /// An ML-DSA private key the token cannot hold natively: stored on the token as a data object,
     /// encrypted under an AES key of the token, decrypted in host memory only to sign.
@@ -218,6 +219,49 @@ pub struct GenerateOptions {
     /// Allow the key to leave the token wrapped under a key-encryption key (`CKA_EXTRACTABLE`).
     /// The key stays sensitive: it never leaves in clear. Default: false (the key never leaves).
     pub extractable: bool,
+    /// Where an ML-DSA key goes on a PKCS#11 token (ignored for other algorithms and by the file store,
+    /// which refuses [`MlDsaMode::Native`]). Default: [`MlDsaMode::Auto`].
+    pub ml_dsa: MlDsaMode,
+}
+
+/// How a PKCS#11 store holds a new ML-DSA key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MlDsaMode {
+    /// Native when the token offers `CKM_ML_DSA_KEY_PAIR_GEN` and `CKM_ML_DSA`, sealed otherwise.
+    #[default]
+    Auto,
+    /// Native, or fail with [`crate::Error::MechanismNotSupported`] on a token without ML-DSA.
+    Native,
+    /// Sealed by the token's AES key and signed on the host even where the token has ML-DSA (the
+    /// wrapped path: e.g. a key that must be usable on a second, older token through a backup).
+    Sealed,
+}
+
+impl MlDsaMode {
+    /// Where a new ML-DSA key goes under this mode, given whether the token offers native ML-DSA;
+    /// `None` when native is demanded and not offered.
+    pub fn storage(self, token_has_ml_dsa: bool) -> Option<KeyStorage> {
+        match (self, token_has_ml_dsa) {
+            (MlDsaMode::Auto | MlDsaMode::Native, true) => Some(KeyStorage::Token),
+            (MlDsaMode::Auto | MlDsaMode::Sealed, _) => Some(KeyStorage::SealedByToken),
+            (MlDsaMode::Native, false) => None,
+        }
+    }
+}
+
+impl FromStr for MlDsaMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(MlDsaMode::Auto),
+            "native" => Ok(MlDsaMode::Native),
+            "sealed" | "wrapped" => Ok(MlDsaMode::Sealed),
+            _ => Err(format!(
+                "unknown ML-DSA mode {s:?}; expected auto, native or sealed"
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +283,20 @@ mod tests {
                 .unwrap_err()
                 .contains("ml-dsa-87")
         );
+    }
+
+    #[test]
+    fn ml_dsa_mode_picks_native_only_where_the_token_has_it() {
+        use KeyStorage::{SealedByToken, Token};
+        assert_eq!(MlDsaMode::Auto.storage(true), Some(Token));
+        assert_eq!(MlDsaMode::Auto.storage(false), Some(SealedByToken));
+        assert_eq!(MlDsaMode::Native.storage(true), Some(Token));
+        assert_eq!(MlDsaMode::Native.storage(false), None);
+        assert_eq!(MlDsaMode::Sealed.storage(true), Some(SealedByToken));
+        assert_eq!(MlDsaMode::Sealed.storage(false), Some(SealedByToken));
+        assert_eq!(GenerateOptions::default().ml_dsa, MlDsaMode::Auto);
+        assert_eq!("WRAPPED".parse::<MlDsaMode>().unwrap(), MlDsaMode::Sealed);
+        assert!("hsm".parse::<MlDsaMode>().is_err());
     }
 
     #[test]

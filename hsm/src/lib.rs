@@ -7,6 +7,11 @@
 //! - [`Pkcs11Store`]: any PKCS#11 module. Keys are generated on the token, sensitive and non-extractable;
 //!   a bounded session pool lets many threads sign at once; the PIN comes from a file or an environment
 //!   variable ([`Pin`]). Keys are named by label or RFC 7512 URI (`pkcs11:token=qsi-ca;object=root-2026;type=private`).
+//! - ML-DSA-65/87 natively where the token offers the PKCS#11 3.2 mechanisms (`CKM_ML_DSA_KEY_PAIR_GEN`
+//!   and `CKM_ML_DSA` in its mechanism list): a non-extractable, sensitive token key pair with
+//!   `CKA_PARAMETER_SET`, pure ML-DSA signatures with an empty context made by the token, the public key
+//!   exported as an RFC 9881 SPKI. [`Pkcs11Store::native_ml_dsa`] says which path a token gets;
+//!   [`MlDsaMode`] can force either.
 //! - ML-DSA-65/87 on tokens without ML-DSA (SoftHSM2 2.6): generated with aws-lc-rs, stored on the token
 //!   only sealed (AES-256-GCM) under a non-extractable AES key of the token, opened with `C_Decrypt` into
 //!   zeroizing memory for one signature and erased right after. Never `C_UnwrapKey`, which would create a
@@ -15,7 +20,8 @@
 //!   is returned DER-encoded (`ECDSA-Sig-Value`), which is what X.509 and TLS expect.
 //! - [`FileStore`]: development only, keys sealed under an Argon2id passphrase key; every log line says
 //!   it is not for production.
-//! - [`SoftHsmToken`]: a throw-away SoftHSM2 token for tests of any crate.
+//! - [`SoftHsmToken`]: a throw-away SoftHSM2 token for tests of any crate; [`KryopticToken`] the same
+//!   on Kryoptic, a PKCS#11 3.2 soft token with native ML-DSA (`scripts/install-kryoptic`).
 //! - [`HsmSigningKey`] (rustls) and [`HsmRcgenKey`] (rcgen): a store's key as a TLS 1.3 signing key
 //!   (ECDSA, RSA-PSS, ML-DSA) or as a certificate's subject or issuer key.
 //!
@@ -57,6 +63,7 @@ mod der;
 mod error;
 mod file;
 mod key;
+pub mod kryoptic;
 mod mldsa;
 mod pin;
 pub mod pkcs11;
@@ -67,7 +74,8 @@ mod uri;
 
 pub use error::{Error, PinFlags, Result};
 pub use file::FileStore;
-pub use key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, SignatureScheme};
+pub use key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, MlDsaMode, SignatureScheme};
+pub use kryoptic::KryopticToken;
 pub use pin::Pin;
 pub use pkcs11::{PinRetryLimit, Pkcs11Config, Pkcs11Store, TokenSelector};
 pub use softhsm::SoftHsmToken;

@@ -75,10 +75,24 @@ pub fn ensure_softhsm_conf() -> Result<PathBuf> {
     Ok(conf)
 }
 
-fn random_pin(bytes: usize) -> Result<Pin> {
+pub(crate) fn random_pin(bytes: usize) -> Result<Pin> {
     let mut raw = zeroize::Zeroizing::new(vec![0u8; bytes]);
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| Error::Crypto("random PIN".into()))?;
     Ok(Pin::new(hex::encode(&*raw)))
+}
+
+/// `<prefix>-<pid>-<n>`, with the prefix cut so the label fits PKCS#11's 32 bytes.
+pub(crate) fn token_label(prefix: &str, n: u32) -> String {
+    let suffix = format!("-{}-{n}", std::process::id());
+    let keep = 32usize.saturating_sub(suffix.len());
+    let cut: String = prefix
+        .chars()
+        .scan(0, |n, c| {
+            *n += c.len_utf8();
+            (*n <= keep).then_some(c)
+        })
+        .collect();
+    format!("{cut}{suffix}")
 }
 
 impl SoftHsmToken {
@@ -87,20 +101,7 @@ impl SoftHsmToken {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let conf = ensure_softhsm_conf()?;
         let module = default_module_path()?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut label = format!("{prefix}-{}-{n}", std::process::id());
-        if label.len() > 32 {
-            let suffix = format!("-{}-{n}", std::process::id());
-            let keep = 32usize.saturating_sub(suffix.len());
-            let cut: String = prefix
-                .chars()
-                .scan(0, |n, c| {
-                    *n += c.len_utf8();
-                    (*n <= keep).then_some(c)
-                })
-                .collect();
-            label = format!("{cut}{suffix}");
-        }
+        let label = token_label(prefix, COUNTER.fetch_add(1, Ordering::Relaxed));
         let so_pin = random_pin(8)?;
         let user_pin = random_pin(8)?;
         init_token(&module, &label, &so_pin, &user_pin)?;

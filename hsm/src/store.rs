@@ -3,7 +3,7 @@
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, SignatureScheme};
+use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, SignatureScheme};
 
 /// Which kind of store is behind a [`KeyStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -28,6 +28,9 @@ pub struct StoreInfo {
     pub serial: String,
     /// False for the file store: never use it for production keys.
     pub production: bool,
+    /// Where new ML-DSA keys go by default: `token` (the token's own PKCS#11 3.2 ML-DSA), `sealed-by-token`
+    /// (the wrapped path, for tokens without ML-DSA) or `file`.
+    pub ml_dsa: KeyStorage,
 }
 
 /// A place where keys are generated and used without their private halves leaving it in clear.

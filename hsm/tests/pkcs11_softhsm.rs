@@ -129,7 +129,10 @@ fn aes_gcm_under_a_kek_and_key_wrap() {
         .generate_with(
             "movable",
             KeyAlgorithm::Aes256,
-            GenerateOptions { extractable: true },
+            GenerateOptions {
+                extractable: true,
+                ..GenerateOptions::default()
+            },
         )
         .unwrap();
     let wrapped = store.wrap_key(&kek, &movable).unwrap();

@@ -336,10 +336,7 @@ fn user_session(
     let session = ctx
         .open_rw_session(slot)
         .map_err(|e| p11(token, "C_OpenSession", e))?;
-    match session.login(
-        UserType::User,
-        Some(&AuthPin::new(pin.expose().to_string())),
-    ) {
+    match session.login(UserType::User, Some(&AuthPin::from(pin.expose()))) {
         Ok(())
         | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
         }

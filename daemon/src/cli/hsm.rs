@@ -9,8 +9,8 @@ use base64::Engine as _;
 use clap::Subcommand;
 use qsi_hsm::pkcs11::{self, TokenSelector};
 use qsi_hsm::{
-    FileStore, GenerateOptions, KeyAlgorithm, KeyStore, Pin, Pkcs11Config, Pkcs11Store,
-    verify_signature,
+    FileStore, GenerateOptions, KeyAlgorithm, KeyStorage, KeyStore, MlDsaMode, Pin, Pkcs11Config,
+    Pkcs11Store, verify_signature,
 };
 use serde_json::{Value, json};
 
@@ -85,6 +85,11 @@ pub struct KeygenArgs {
     /// Allow an AES key to leave the token wrapped under a key-encryption key (never in clear)
     #[arg(long)]
     pub extractable: bool,
+    /// ML-DSA keys: auto (the token's own PKCS#11 3.2 ML-DSA where it has CKM_ML_DSA, else sealed),
+    /// native (fail on a token without ML-DSA), or sealed (the wrapped path: sealed by the token's AES key,
+    /// signed on the host, even where the token has ML-DSA)
+    #[arg(long = "ml-dsa", default_value = "auto", value_parser = parse_ml_dsa_mode)]
+    pub ml_dsa: MlDsaMode,
 }
 
 /// Options of `qsi hsm pubkey`.
@@ -101,6 +106,21 @@ pub struct PubkeyArgs {
 
 fn parse_alg(s: &str) -> Result<KeyAlgorithm, String> {
     s.parse()
+}
+
+fn parse_ml_dsa_mode(s: &str) -> Result<MlDsaMode, String> {
+    s.parse()
+}
+
+/// How a store holds ML-DSA keys, for people.
+fn ml_dsa_path(storage: KeyStorage) -> &'static str {
+    match storage {
+        KeyStorage::Token => "native (the token's PKCS#11 3.2 CKM_ML_DSA)",
+        KeyStorage::SealedByToken => {
+            "sealed (no CKM_ML_DSA on this token: key sealed by its AES key, signed on the host)"
+        }
+        KeyStorage::File => "file store (host)",
+    }
 }
 
 /// Runs one `qsi hsm` command.
@@ -287,14 +307,18 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
         a.algorithm,
         GenerateOptions {
             extractable: a.extractable,
+            ml_dsa: a.ml_dsa,
         },
     )?;
-    let text = format!(
+    let mut text = format!(
         "generated {} key {:?}\n  uri {}\n",
         key.algorithm,
         key.label,
         key.uri()
     );
+    if key.algorithm.is_ml_dsa() {
+        text.push_str(&format!("  ml-dsa {}\n", ml_dsa_path(key.storage)));
+    }
     print(a.common.json, &key_row(&key), text)
 }
 
@@ -334,11 +358,27 @@ fn test(c: Common) -> anyhow::Result<()> {
     let suffix = hex::encode(suffix);
     let mut results = Vec::new();
     let mut failures = 0;
-    for alg in KeyAlgorithm::ALL {
-        let label = format!("qsi-hsm-test-{}-{suffix}", alg.name());
+    // Every algorithm on the store's default path; on a token with native ML-DSA, the sealed (wrapped)
+    // path too, which stays available for keys that must move to tokens without ML-DSA.
+    let ml_dsa = store.info().ml_dsa;
+    let mut cases: Vec<(KeyAlgorithm, MlDsaMode, &str)> = KeyAlgorithm::ALL
+        .iter()
+        .map(|a| (*a, MlDsaMode::Auto, ""))
+        .collect();
+    if ml_dsa == KeyStorage::Token {
+        cases.push((KeyAlgorithm::MlDsa65, MlDsaMode::Sealed, "-sealed"));
+        cases.push((KeyAlgorithm::MlDsa87, MlDsaMode::Sealed, "-sealed"));
+    }
+    for &(alg, mode, variant) in &cases {
+        let name = format!("{}{variant}", alg.name());
+        let label = format!("qsi-hsm-test-{name}-{suffix}");
         let started = Instant::now();
         let outcome = (|| -> anyhow::Result<String> {
-            let key = store.generate(&label, alg)?;
+            let options = GenerateOptions {
+                ml_dsa: mode,
+                ..GenerateOptions::default()
+            };
+            let key = store.generate_with(&label, alg, options)?;
             let result = (|| -> anyhow::Result<String> {
                 if alg.is_signing() {
                     let spki = store.public_key_spki(&key)?;
@@ -374,21 +414,28 @@ fn test(c: Common) -> anyhow::Result<()> {
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match outcome {
             Ok(detail) => {
-                results.push(json!({ "type": alg.name(), "ok": true, "detail": detail, "ms": ms }))
+                results.push(json!({ "type": name, "ok": true, "detail": detail, "ms": ms }))
             }
             Err(e) => {
                 failures += 1;
-                results.push(json!({ "type": alg.name(), "ok": false, "detail": format!("{e:#}"), "ms": ms }));
+                results.push(
+                    json!({ "type": name, "ok": false, "detail": format!("{e:#}"), "ms": ms }),
+                );
             }
         }
     }
     let mut random = [0u8; 32];
     store.random(&mut random)?;
     let info = store.info();
-    let mut text = format!("{} ({}):\n", info.token, info.description);
+    let mut text = format!(
+        "{} ({}):\n  ml-dsa path: {}\n",
+        info.token,
+        info.description,
+        ml_dsa_path(ml_dsa)
+    );
     for r in &results {
         text.push_str(&format!(
-            "  {:<10} {:<4} {:>8.1} ms  {}\n",
+            "  {:<17} {:<4} {:>8.1} ms  {}\n",
             r["type"].as_str().unwrap_or(""),
             if r["ok"].as_bool().unwrap_or(false) {
                 "ok"
@@ -404,13 +451,14 @@ fn test(c: Common) -> anyhow::Result<()> {
         mechanisms.len(),
         mechanisms.join(" ")
     ));
-    let value =
-        json!({ "store": info, "results": results, "mechanisms": mechanisms, "ok": failures == 0 });
+    let value = json!({
+        "store": info, "ml_dsa_path": ml_dsa, "results": results, "mechanisms": mechanisms, "ok": failures == 0
+    });
     print(c.json, &value, text)?;
     if failures > 0 {
         bail!(
             "{failures} of {} key types failed on {}",
-            KeyAlgorithm::ALL.len(),
+            cases.len(),
             info.token
         );
     }

@@ -11,9 +11,13 @@ use std::sync::{Arc, Mutex};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeType, KeyType, MlDsaParameterSetType, ObjectClass, ObjectHandle,
+    ParameterSetType,
+};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -27,7 +31,7 @@ pub use module::{
 
 use crate::der;
 use crate::error::{Error, PinFlags, Result};
-use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, SignatureScheme};
+use crate::key::{GenerateOptions, KeyAlgorithm, KeyInfo, KeyStorage, MlDsaMode, SignatureScheme};
 use crate::mldsa::{self, SealedKey};
 use crate::pin::Pin;
 use crate::store::{Backend, KeyStore, StoreInfo, check_kek, check_label, check_scheme};
@@ -189,14 +193,11 @@ impl Pkcs11Store {
         })
     }
 
-    /// Whether the module implements PKCS#11 3.2 ML-DSA natively.
-    ///
-    /// cryptoki 0.10 has no constants for `CKM_ML_DSA*` and filters mechanism values it does not know
-    /// out of `C_GetMechanismList`, so a native ML-DSA token cannot be seen or driven through it; ML-DSA
-    /// keys are therefore always sealed by the token's AES key (see the crate docs). This reports false
-    /// until the crate moves to a cryptoki with PKCS#11 3.2 support.
+    /// Whether the token implements PKCS#11 3.2 ML-DSA itself (`CKM_ML_DSA_KEY_PAIR_GEN` and `CKM_ML_DSA`
+    /// in its mechanism list). Where it does, new ML-DSA keys are token key pairs signed by the token;
+    /// elsewhere they are sealed by the token's AES key and signed on the host (see the crate docs).
     pub fn native_ml_dsa(&self) -> bool {
-        false
+        offers_native_ml_dsa(&self.mechanisms)
     }
 
     fn p11(&self, function: &str, e: cryptoki::error::Error) -> Error {
@@ -252,7 +253,7 @@ impl Pkcs11Store {
                 });
             }
         }
-        let pin = AuthPin::new(self.pin.expose().to_string());
+        let pin = AuthPin::from(self.pin.expose());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
                 if let Some(f) = &self.faults {
@@ -448,12 +449,29 @@ impl Pkcs11Store {
             }
         }
         let algorithm = match key_type {
+            Some(t) if t == KeyType::ML_DSA => self.ml_dsa_parameter_set(session, handle)?,
             Some(t) if t == KeyType::EC => ec_params.as_deref().and_then(der::curve_from_ec_params),
             Some(t) if t == KeyType::RSA && modulus_len == 384 => Some(KeyAlgorithm::Rsa3072),
             Some(t) if t == KeyType::AES && value_len == 32 => Some(KeyAlgorithm::Aes256),
             _ => None,
         };
         Ok(algorithm.map(|alg| self.info_for(&label, id, alg, KeyStorage::Token, extractable)))
+    }
+
+    /// The algorithm of a native ML-DSA key from its `CKA_PARAMETER_SET`; `None` for ML-DSA-44, which
+    /// this crate does not use.
+    fn ml_dsa_parameter_set(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+    ) -> Result<Option<KeyAlgorithm>> {
+        let attrs = session
+            .get_attributes(handle, &[AttributeType::ParameterSet])
+            .map_err(|e| self.p11("C_GetAttributeValue(CKA_PARAMETER_SET)", e))?;
+        Ok(attrs.into_iter().find_map(|a| match a {
+            Attribute::ParameterSet(p) => ml_dsa_algorithm(p),
+            _ => None,
+        }))
     }
 
     fn all_keys(&self, session: &Session) -> Result<Vec<KeyInfo>> {
@@ -629,11 +647,22 @@ impl Pkcs11Store {
                     ],
                 )
             }
+            KeyAlgorithm::MlDsa65 | KeyAlgorithm::MlDsa87 => {
+                self.require(MechanismType::ML_DSA_KEY_PAIR_GEN)?;
+                let set = ml_dsa_parameter_set(algorithm).ok_or_else(|| {
+                    Error::Crypto(format!("{algorithm} has no ML-DSA parameter set"))
+                })?;
+                // PKCS#11 3.2: the parameter set goes in the public template; the token copies it.
+                (
+                    Mechanism::MlDsaKeyPairGen,
+                    vec![Attribute::ParameterSet(set.into())],
+                )
+            }
             _ => {
                 return Err(Error::NotPermitted {
                     key: label.into(),
                     operation: "generate as a token key pair",
-                    reason: format!("{algorithm} is not an EC or RSA algorithm"),
+                    reason: format!("{algorithm} is not an EC, RSA or ML-DSA algorithm"),
                 });
             }
         };
@@ -765,6 +794,43 @@ impl Pkcs11Store {
     }
 }
 
+/// Whether a mechanism list offers PKCS#11 3.2 ML-DSA: key-pair generation and pure `CKM_ML_DSA`
+/// signing. Both are needed; a token with only one of them gets the sealed path.
+pub fn offers_native_ml_dsa(mechanisms: &[MechanismType]) -> bool {
+    mechanisms.contains(&MechanismType::ML_DSA_KEY_PAIR_GEN)
+        && mechanisms.contains(&MechanismType::ML_DSA)
+}
+
+/// `CKA_PARAMETER_SET` of an ML-DSA algorithm.
+fn ml_dsa_parameter_set(algorithm: KeyAlgorithm) -> Option<MlDsaParameterSetType> {
+    match algorithm {
+        KeyAlgorithm::MlDsa65 => Some(MlDsaParameterSetType::ML_DSA_65),
+        KeyAlgorithm::MlDsa87 => Some(MlDsaParameterSetType::ML_DSA_87),
+        _ => None,
+    }
+}
+
+/// The ML-DSA algorithm of a `CKA_PARAMETER_SET` (ML-DSA-44 is not used here).
+fn ml_dsa_algorithm(set: ParameterSetType) -> Option<KeyAlgorithm> {
+    let set = MlDsaParameterSetType::from(set);
+    if set == MlDsaParameterSetType::ML_DSA_65 {
+        Some(KeyAlgorithm::MlDsa65)
+    } else if set == MlDsaParameterSetType::ML_DSA_87 {
+        Some(KeyAlgorithm::MlDsa87)
+    } else {
+        None
+    }
+}
+
+/// FIPS 204 public key sizes.
+fn ml_dsa_public_len(algorithm: KeyAlgorithm) -> Option<usize> {
+    match algorithm {
+        KeyAlgorithm::MlDsa65 => Some(1952),
+        KeyAlgorithm::MlDsa87 => Some(2592),
+        _ => None,
+    }
+}
+
 /// The template of an AES-256 token key: private, sensitive, for encrypt/decrypt/wrap/unwrap.
 fn aes_template(label: &str, id: &[u8], extractable: bool) -> Vec<Attribute> {
     vec![
@@ -819,6 +885,9 @@ impl KeyStore for Pkcs11Store {
             description: self.description.clone(),
             serial: self.serial.clone(),
             production: true,
+            ml_dsa: MlDsaMode::Auto
+                .storage(self.native_ml_dsa())
+                .unwrap_or(KeyStorage::SealedByToken),
         }
     }
 
@@ -840,14 +909,26 @@ impl KeyStore for Pkcs11Store {
                         return Err(Error::NotPermitted {
                             key: label.into(),
                             operation: "generate as extractable",
-                            reason: "sealed ML-DSA keys are never exported".into(),
+                            reason: "ML-DSA keys (native or sealed) are never exported".into(),
                         });
                     }
-                    self.generate_ml_dsa(session, label, algorithm)?
+                    match options.ml_dsa.storage(self.native_ml_dsa()) {
+                        Some(KeyStorage::Token) => {
+                            self.generate_pair(session, label, algorithm, options)?
+                        }
+                        Some(_) => self.generate_ml_dsa(session, label, algorithm)?,
+                        None => {
+                            return Err(Error::MechanismNotSupported {
+                                mechanism: "CKM_ML_DSA_KEY_PAIR_GEN and CKM_ML_DSA (native ML-DSA was demanded)"
+                                    .into(),
+                                token: self.token.clone(),
+                            });
+                        }
+                    }
                 }
                 _ => self.generate_pair(session, label, algorithm, options)?,
             };
-            tracing::info!(token = %self.token, label, algorithm = %algorithm, id = %hex::encode(&key.id), "generated key");
+            tracing::info!(token = %self.token, label, algorithm = %algorithm, storage = ?key.storage, id = %hex::encode(&key.id), "generated key");
             Ok(key)
         })
     }
@@ -924,6 +1005,18 @@ impl KeyStore for Pkcs11Store {
                 let e = self.read_bytes(session, h, AttributeType::PublicExponent, key)?;
                 Ok(der::spki_rsa(&n, &e))
             }
+            KeyAlgorithm::MlDsa65 | KeyAlgorithm::MlDsa87 if key.storage == KeyStorage::Token => {
+                // PKCS#11 3.2: CKA_VALUE of an ML-DSA public key is the FIPS 204 encoded public key.
+                let h = self.handle(session, key, ObjectClass::PUBLIC_KEY)?;
+                let public = self.read_bytes(session, h, AttributeType::Value, key)?;
+                if Some(public.len()) != ml_dsa_public_len(key.algorithm) {
+                    return Err(Error::Corrupt {
+                        name: key.label.clone(),
+                        reason: format!("{} public key of {} bytes", key.algorithm, public.len()),
+                    });
+                }
+                der::spki_ml_dsa(key.algorithm, &public).ok_or_else(|| Error::Crypto("SPKI".into()))
+            }
             KeyAlgorithm::MlDsa65 | KeyAlgorithm::MlDsa87 => {
                 let sealed = self.sealed_key(session, key)?;
                 der::spki_ml_dsa(sealed.algorithm, &sealed.public_key)
@@ -941,7 +1034,7 @@ impl KeyStore for Pkcs11Store {
         check_scheme(key, scheme)?;
         use aws_lc_rs::digest;
         self.with_session(|session| {
-            if key.algorithm.is_ml_dsa() {
+            if key.algorithm.is_ml_dsa() && key.storage == KeyStorage::SealedByToken {
                 return self.sign_ml_dsa(session, key, message);
             }
             let h = self.handle(session, key, ObjectClass::PRIVATE_KEY)?;
@@ -957,6 +1050,14 @@ impl KeyStore for Pkcs11Store {
                 })
             };
             match scheme {
+                SignatureScheme::MlDsa65 | SignatureScheme::MlDsa87 => {
+                    // Pure ML-DSA with an empty context: no parameter, which PKCS#11 3.2 defines as
+                    // hedged-or-deterministic at the token's choice and no context string.
+                    self.require(MechanismType::ML_DSA)?;
+                    let mechanism =
+                        Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None));
+                    run(&mechanism, message, "CKM_ML_DSA")
+                }
                 SignatureScheme::EcdsaP256Sha256 | SignatureScheme::EcdsaP384Sha384 => {
                     // SoftHSM2 2.6 offers raw CKM_ECDSA only: hash here, let the token sign the digest.
                     self.require(MechanismType::ECDSA)?;
@@ -1109,5 +1210,46 @@ impl KeyStore for Pkcs11Store {
         });
         self.forget_handles(key);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_ml_dsa_needs_both_key_generation_and_pure_signing() {
+        use MechanismType as M;
+        let softhsm26 = [
+            M::AES_GCM,
+            M::ECDSA,
+            M::ECC_KEY_PAIR_GEN,
+            M::RSA_PKCS_KEY_PAIR_GEN,
+        ];
+        assert!(!offers_native_ml_dsa(&softhsm26));
+        assert!(!offers_native_ml_dsa(&[M::ML_DSA_KEY_PAIR_GEN]));
+        assert!(!offers_native_ml_dsa(&[M::ML_DSA, M::HASH_ML_DSA]));
+        assert!(!offers_native_ml_dsa(&[
+            M::ML_DSA_KEY_PAIR_GEN,
+            M::HASH_ML_DSA_SHA512
+        ]));
+        assert!(offers_native_ml_dsa(&[
+            M::AES_GCM,
+            M::ML_DSA,
+            M::ML_DSA_KEY_PAIR_GEN
+        ]));
+    }
+
+    #[test]
+    fn parameter_sets_round_trip_and_44_is_not_ours() {
+        for alg in [KeyAlgorithm::MlDsa65, KeyAlgorithm::MlDsa87] {
+            let set = ml_dsa_parameter_set(alg).unwrap();
+            assert_eq!(ml_dsa_algorithm(set.into()), Some(alg));
+        }
+        assert_eq!(
+            ml_dsa_algorithm(MlDsaParameterSetType::ML_DSA_44.into()),
+            None
+        );
+        assert_eq!(ml_dsa_parameter_set(KeyAlgorithm::EcP384), None);
     }
 }

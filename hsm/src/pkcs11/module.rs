@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::session::UserType;
 use cryptoki::slot::{Slot, TokenInfo};
@@ -81,7 +81,7 @@ fn loaded(module: &Path) -> Result<(Pkcs11, std::sync::Arc<Mutex<()>>)> {
         path: module.to_path_buf(),
         reason: e.to_string(),
     })?;
-    match ctx.initialize(CInitializeArgs::OsThreads) {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => {
             let hint = if module.to_string_lossy().contains("softhsm") {
@@ -264,7 +264,7 @@ pub fn init_token(
                  HSM needs a slot made free by its vendor tool)"
             .into(),
     })?;
-    ctx.init_token(slot, &AuthPin::new(so_pin.expose().to_string()), label)
+    ctx.init_token(slot, &AuthPin::from(so_pin.expose()), label)
         .map_err(|e| p11(label, "C_InitToken", e))?;
     // SoftHSM2 gives the new token a slot id of its own; find it by label.
     let (slot, _) = find_token(&ctx, module, &TokenSelector::Label(label.to_string()))?;
@@ -272,13 +272,10 @@ pub fn init_token(
         .open_rw_session(slot)
         .map_err(|e| p11(label, "C_OpenSession", e))?;
     session
-        .login(
-            UserType::So,
-            Some(&AuthPin::new(so_pin.expose().to_string())),
-        )
+        .login(UserType::So, Some(&AuthPin::from(so_pin.expose())))
         .map_err(|e| p11(label, "C_Login(SO)", e))?;
     session
-        .init_pin(&AuthPin::new(user_pin.expose().to_string()))
+        .init_pin(&AuthPin::from(user_pin.expose()))
         .map_err(|e| p11(label, "C_InitPIN", e))?;
     session.logout().map_err(|e| p11(label, "C_Logout", e))?;
     drop(session);
