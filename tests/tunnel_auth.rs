@@ -156,6 +156,18 @@ fn revoked_site_certificate_is_refused_with_the_reason_in_status_logs_and_metric
                     m.contains("reason=\"certificate_revoked\""),
                     "{transport}: {m}"
                 );
+                // What the operator sees with `qsi tunnel status`.
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsi"))
+                    .args(["tunnel", "status", "--socket"])
+                    .arg(a.admin.as_ref().unwrap())
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    text.contains("last error") && text.contains("Revoked"),
+                    "qsi tunnel status:\n{text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Some(_) => {
                 // B refuses A's client certificate; A is told so by the alert.
@@ -422,4 +434,69 @@ fn cnsa_profile_authenticates_with_ml_dsa_87_and_refuses_a_p256_peer() {
     });
     assert!(refused, "A:\n{}\nB:\n{}", qa.log_tail(), qb.log_tail());
     assert!(!connected(&peers(&a)));
+}
+
+#[test]
+fn tls_section_refusals_name_the_field_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    testbed::write_pki(dir.path(), &["site-a", "site-b"]).unwrap();
+    let (a, _) = testbed::pair_configs(dir.path(), "quic").unwrap();
+    let refusal = |extra: &[&str]| {
+        let mut s = a.clone();
+        s.tls_extra = extra.iter().map(|l| l.to_string()).collect();
+        let e = qsi_daemon::config::Config::load(&s.write(dir.path()).unwrap())
+            .expect_err("config must be refused")
+            .to_string();
+        // Every refusal says what to do.
+        assert!(e.contains("; "), "no fix in: {e}");
+        e
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["revocation = \"sometimes\""],
+            &["tls.revocation", "best-effort"],
+        ),
+        (
+            &["policies = [\"not-an-oid\"]"],
+            &["tls.policies[0]", "dotted OID"],
+        ),
+        (
+            &["crls = [\"missing.crl\"]"],
+            &["tls.crls[0]", "missing.crl"],
+        ),
+        (&["crls = [\"site-a.crt\"]"], &["tls.crls[0]", "CRL"]),
+        (
+            &["intermediates = [\"site-a.key\"]"],
+            &["tls.intermediates[0]", ".p7c"],
+        ),
+        (
+            &["crls = []"],
+            &["tls.revocation", "no CRL source", "tls.crls"],
+        ),
+        (
+            &["private_key = \"pkcs11:object=tls-2026\""],
+            &["tls.private_key", "token="],
+        ),
+        (
+            &["private_key = \"pkcs11:token=x;type=private\""],
+            &["tls.private_key", "object="],
+        ),
+        (
+            &["private_key = \"pkcs11:token=x;object=y\""],
+            &["tls.pkcs11.pin", "file:"],
+        ),
+        (
+            &["[tls.pkcs11]", "pin = \"env:QSI_NO_SUCH_PIN_VAR\""],
+            &["tls.pkcs11", "private_key"],
+        ),
+    ];
+    for (extra, want) in cases {
+        let e = refusal(extra);
+        for w in *want {
+            assert!(e.contains(w), "{extra:?}: {e:?} lacks {w:?}");
+        }
+    }
+    // The good config with the same PKI loads (the refusals above are the lines' doing).
+    let ok = a.clone();
+    qsi_daemon::config::Config::load(&ok.write(dir.path()).unwrap()).unwrap();
 }

@@ -730,4 +730,117 @@ mod tests {
                 .contains(&SignatureScheme::RSA_PSS_SHA256)
         );
     }
+
+    use qsi_pki::path::bridge_fixture::{self, BridgeFixture, BridgeOptions};
+
+    /// Agency B's relying party for the bridge fixture: anchor B's root, the fixture's cross-certificates
+    /// and CRLs (no fetching: the fixture's distribution points are not reachable).
+    fn b_settings(fx: &BridgeFixture, policies: &[&str]) -> TrustSettings {
+        let mut t = TrustSettings::new(vec![CertificateDer::from(fx.b_root.clone())]);
+        t.intermediates = fx
+            .intermediates
+            .iter()
+            .filter(|i| i.name != "a-ca")
+            .map(|i| i.der.clone())
+            .collect();
+        t.crls = fx.crls.iter().map(|c| c.der.clone()).collect();
+        t.policies = policies.iter().map(|p| p.to_string()).collect();
+        t.require_explicit_policy = !policies.is_empty();
+        t.crl_fetch = false;
+        t.build().unwrap()
+    }
+
+    fn at(y: i32, m: u8, d: u8) -> UnixTime {
+        let date = time::Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d).unwrap();
+        let secs = date.midnight().assume_utc().unix_timestamp();
+        UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(secs).unwrap()))
+    }
+
+    /// A's end entity as it presents itself (with its issuing CA) to B, checked as a dialing peer.
+    fn check(fx: &BridgeFixture, t: &TrustSettings, now: UnixTime) -> Result<(), rustls::Error> {
+        let a_ca = fx.intermediates.iter().find(|i| i.name == "a-ca").unwrap();
+        t.verifier().unwrap().verify_chain(
+            &CertificateDer::from(fx.ee.clone()),
+            &[CertificateDer::from(a_ca.der.clone())],
+            PeerRole::Client,
+            now,
+        )
+    }
+
+    fn other_reason(r: Result<(), rustls::Error>) -> String {
+        match r {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(e))) => e.to_string(),
+            other => panic!("expected a refusal with our reason, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bridge_paths_policies_and_crls_through_the_seam() {
+        let fx = bridge_fixture::build(&BridgeOptions::default()).unwrap();
+        let now = at(2026, 11, 26);
+        let b = bridge_fixture::B_POLICY.to_string();
+        // Mapped A -> bridge -> B policy: accepted under B's policy, and with no policy asked.
+        check(&fx, &b_settings(&fx, &[&b]), now).unwrap();
+        check(&fx, &b_settings(&fx, &[]), now).unwrap();
+        // A policy nobody maps to: refused, and the reason says so.
+        let e = other_reason(check(&fx, &b_settings(&fx, &["1.2.3.4.5"]), now));
+        assert!(e.contains("no valid certificate policy"), "{e}");
+        // B inhibits policy mapping in its cross-certificate: B's policy no longer reaches A's.
+        let fx2 = bridge_fixture::build(&BridgeOptions {
+            inhibit_mapping_in_b_cross: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(check(&fx2, &b_settings(&fx2, &[&b]), now).is_err());
+        // Without B's cross-certificate to the bridge there is no path.
+        let mut t = b_settings(&fx, &[&b]);
+        t.intermediates.retain(|d| {
+            fx.intermediates
+                .iter()
+                .find(|i| i.name == "b-to-bridge")
+                .is_none_or(|i| &i.der != d)
+        });
+        let t = t.build().unwrap();
+        assert_eq!(
+            check(&fx, &t, now),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        );
+        // A's CA revoked the end entity.
+        let fx3 = bridge_fixture::build(&BridgeOptions {
+            revoke_ee: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            check(&fx3, &b_settings(&fx3, &[&b]), now),
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        );
+        // No CRL at all under revocation = require: unknown status, refused.
+        let mut t = b_settings(&fx, &[&b]);
+        t.crls.clear();
+        assert_eq!(
+            check(&fx, &t.build().unwrap(), now),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownRevocationStatus
+            ))
+        );
+    }
+
+    #[test]
+    fn a_stale_crl_is_refused_by_default_and_used_within_a_granted_grace() {
+        let fx = bridge_fixture::build(&BridgeOptions::default()).unwrap();
+        // The fixture's CRLs say nextUpdate 2034-12-01; the certificates run to 2035-01-01.
+        let stale = at(2034, 12, 15);
+        assert_eq!(
+            check(&fx, &b_settings(&fx, &[]), stale),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownRevocationStatus
+            ))
+        );
+        let mut t = b_settings(&fx, &[]);
+        t.crl_stale_grace_secs = 30 * 86_400;
+        check(&fx, &t.build().unwrap(), stale).unwrap();
+    }
 }

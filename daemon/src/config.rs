@@ -1178,6 +1178,14 @@ fn read_trust(
             problem: e.to_string(),
             fix: "give a CRL in PEM or DER (`qsi ca crl` writes one)".into(),
         })?;
+        if crls.is_empty() {
+            return Err(ConfigError::File {
+                field,
+                path: full,
+                problem: "no CRL found".into(),
+                fix: "give a CRL in PEM (-----BEGIN X509 CRL-----) or DER".into(),
+            });
+        }
         t.crls.extend(crls.iter().map(|c| c.der().to_vec()));
     }
     for (i, p) in tls.policies.iter().enumerate() {
