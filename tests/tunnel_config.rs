@@ -26,6 +26,10 @@ fn example_in_tempdir(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     testbed::write_test_pki(dir.path(), &["site-a", "site-b", "hq"], &opts).unwrap();
     let dst = dir.path().join(name);
     std::fs::copy(Path::new(EXAMPLES).join(name), &dst).unwrap();
+    // the KMS files a site config's [kms] section names
+    for kms in ["kms.toml", "kms-b.toml"] {
+        std::fs::copy(Path::new(EXAMPLES).join(kms), dir.path().join(kms)).unwrap();
+    }
     (dir, dst)
 }
 
@@ -298,4 +302,49 @@ fn cnsa_profile_negotiates_mlkem1024_and_mismatched_policies_do_not_connect() {
     );
     let m = metrics(b.metrics.unwrap());
     assert!(m.contains("reason=\"kx_policy\""), "{m}");
+}
+
+#[test]
+fn qkd_peer_settings_are_checked_against_the_kms_config() {
+    let dir = tempfile::tempdir().unwrap();
+    testbed::write_pki(dir.path(), &["site-a", "site-b"]).unwrap();
+    std::fs::copy(
+        Path::new(EXAMPLES).join("kms.toml"),
+        dir.path().join("kms.toml"),
+    )
+    .unwrap();
+    // GOOD ends inside its [[peer]]: the peer's lines go there, then [kms] after it
+    let load = |peer: &str, with_kms: bool| {
+        let kms = if with_kms {
+            "[kms]\nconfig = \"kms.toml\"\nsae_id = \"sae-a\"\n"
+        } else {
+            ""
+        };
+        let p = dir.path().join("x.toml");
+        std::fs::write(&p, format!("{GOOD}{peer}\n{kms}")).unwrap();
+        Config::load(&p).map_err(|e| e.to_string())
+    };
+    let ok = load("qkd = \"require\"\nqkd_link = \"a-to-b\"\n", true).unwrap();
+    let q = ok.peers[0].qkd.as_ref().unwrap();
+    assert_eq!(q.peer_sae_id, "sae-b", "defaults to the link's peer_sae_id");
+    assert_eq!(q.reserve, 8);
+    assert_eq!(ok.kms.as_ref().unwrap().sae_id, "sae-a");
+    let e = load("qkd = \"require\"\nqkd_link = \"a-to-b\"\n", false).unwrap_err();
+    assert!(e.starts_with("peer[0].qkd") && e.contains("[kms]"), "{e}");
+    let e = load("qkd = \"always\"\n", true).unwrap_err();
+    assert!(e.starts_with("peer[0].qkd"), "{e}");
+    let e = load("qkd = \"prefer\"\nqkd_link = \"nope\"\n", true).unwrap_err();
+    assert!(e.contains("a-to-b"), "names the links there are: {e}");
+    // we dial (address), so we are the master: the slave link b-to-a is refused
+    let e = load("qkd = \"prefer\"\nqkd_link = \"b-to-a\"\n", true).unwrap_err();
+    assert!(
+        e.starts_with("peer[0].qkd_link") && e.contains("master"),
+        "{e}"
+    );
+    let e = load(
+        "qkd = \"prefer\"\nqkd_link = \"a-to-b\"\nsae_id = \"sae-x\"\n",
+        true,
+    )
+    .unwrap_err();
+    assert!(e.starts_with("peer[0].sae_id"), "{e}");
 }

@@ -155,6 +155,19 @@ pub struct RawConfig {
     /// Local targets a peer may reach.
     #[serde(default)]
     pub expose: Vec<RawExpose>,
+    /// The site's KMS, run inside qsid (QKD keys for the tunnels).
+    pub kms: Option<RawKms>,
+}
+
+/// `[kms]`: the KMS qsid runs in-process.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKms {
+    /// The KMS's own config file (the format of `qsi kms serve`, config/kms.toml): store, HSM, KME
+    /// links, ETSI 014 server towards local SAEs, admin socket.
+    pub config: PathBuf,
+    /// This site's SAE ID at its KME (the master SAE ID the tunnels put in their handshakes).
+    pub sae_id: String,
 }
 
 /// `[listen]`
@@ -244,6 +257,14 @@ pub struct RawPeer {
     pub key_exchange: Option<Vec<String>>,
     /// The highest label this tunnel is cleared to carry (banner marking); default UNCLASSIFIED.
     pub clearance: Option<String>,
+    /// QKD keys in the data handshakes: `require`, `prefer` or `off` (default).
+    pub qkd: Option<String>,
+    /// The KMS link (`[[link]]` name in the KMS config) that carries this peer's QKD keys.
+    pub qkd_link: Option<String>,
+    /// The peer's SAE ID (default: the link's `peer_sae_id`; if given, must equal it).
+    pub sae_id: Option<String>,
+    /// Keys announced and held ready for this peer's handshakes (default 8).
+    pub qkd_reserve: Option<usize>,
 }
 
 /// `[[forward]]`
@@ -475,6 +496,40 @@ pub struct PeerConfig {
     pub key_exchange: Vec<KxGroup>,
     /// The highest label the tunnel may carry.
     pub clearance: qsi_labels::Label,
+    /// QKD settings, when the peer's data connections take QKD keys.
+    pub qkd: Option<QkdPeer>,
+}
+
+pub use crate::qkd::QkdPolicy;
+
+/// A peer's QKD settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QkdPeer {
+    /// require or prefer.
+    pub policy: QkdPolicy,
+    /// KMS link name.
+    pub link: String,
+    /// The peer's SAE ID.
+    pub peer_sae_id: String,
+    /// Keys held ready (announced and acknowledged).
+    pub reserve: usize,
+}
+
+/// The in-process KMS.
+#[derive(Debug, Clone)]
+pub struct KmsSite {
+    /// The KMS config file.
+    pub config_path: PathBuf,
+    /// This site's SAE ID.
+    pub sae_id: String,
+    /// The loaded KMS config.
+    pub settings: std::sync::Arc<qsi_kms::config::KmsConfig>,
+}
+
+impl PartialEq for KmsSite {
+    fn eq(&self, other: &Self) -> bool {
+        self.config_path == other.config_path && self.sae_id == other.sae_id
+    }
 }
 
 /// A local listener carried to a peer.
@@ -530,6 +585,8 @@ pub struct Config {
     pub forwards: Vec<Forward>,
     /// Exposes.
     pub exposes: Vec<Expose>,
+    /// The in-process KMS, if configured.
+    pub kms: Option<KmsSite>,
 }
 
 impl Config {
@@ -767,6 +824,33 @@ impl RawConfig {
             .map(|v| parse_listen("metrics.listen", v))
             .transpose()?;
 
+        let kms = match &self.kms {
+            None => None,
+            Some(k) => {
+                let path = base.join(&k.config);
+                let settings =
+                    qsi_kms::config::KmsConfig::load(&path).map_err(|e| ConfigError::File {
+                        field: "kms.config".into(),
+                        path: path.clone(),
+                        problem: e.to_string(),
+                        fix: "point kms.config at a KMS config (the format of config/kms.toml)"
+                            .into(),
+                    })?;
+                if k.sae_id.is_empty() {
+                    return Err(invalid(
+                        "kms.sae_id",
+                        "empty",
+                        "write this site's SAE ID at its QKD key manager, e.g. \"sae-a\"",
+                    ));
+                }
+                Some(KmsSite {
+                    config_path: path,
+                    sae_id: k.sae_id.clone(),
+                    settings: std::sync::Arc::new(settings),
+                })
+            }
+        };
+
         let mut peers: Vec<PeerConfig> = Vec::new();
         for (i, p) in self.peer.into_iter().enumerate() {
             let f = |name: &str| format!("peer[{i}].{name}");
@@ -845,6 +929,7 @@ impl RawConfig {
                 None => default_kx.clone(),
             };
             let clearance = parse_label(&f("clearance"), p.clearance.as_deref())?;
+            let qkd = validate_qkd(&f, &p, kms.as_ref())?;
             peers.push(PeerConfig {
                 name: p.name,
                 identity: p.identity,
@@ -852,6 +937,7 @@ impl RawConfig {
                 address: p.address,
                 key_exchange,
                 clearance,
+                qkd,
             });
         }
 
@@ -976,6 +1062,7 @@ impl RawConfig {
             peers,
             forwards,
             exposes,
+            kms,
         })
     }
 }
@@ -1265,6 +1352,101 @@ fn check_own_key_policy(creds: &Credentials, peers: &[PeerConfig]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// A peer's `qkd`, `qkd_link`, `sae_id` and `qkd_reserve`, checked against the KMS config: the link must
+/// exist, and its role must match who dials (the dialer is the QKD master).
+fn validate_qkd(
+    f: &dyn Fn(&str) -> String,
+    p: &RawPeer,
+    kms: Option<&KmsSite>,
+) -> Result<Option<QkdPeer>, ConfigError> {
+    let policy = match p.qkd.as_deref() {
+        None | Some("off") => {
+            if p.qkd_link.is_some() || p.qkd_reserve.is_some() {
+                return Err(invalid(
+                    f("qkd_link"),
+                    "QKD settings given but qkd is off",
+                    "set qkd = \"require\" or \"prefer\", or drop qkd_link/qkd_reserve",
+                ));
+            }
+            return Ok(None);
+        }
+        Some("require") => QkdPolicy::Require,
+        Some("prefer") => QkdPolicy::Prefer,
+        Some(other) => {
+            return Err(invalid(
+                f("qkd"),
+                format!("{other:?} is not a QKD policy"),
+                "write \"require\" (fail closed), \"prefer\" (fall back to the hybrid) or \"off\"",
+            ));
+        }
+    };
+    let Some(kms) = kms else {
+        return Err(invalid(
+            f("qkd"),
+            "QKD keys need the site's KMS, and there is no [kms] section",
+            "add [kms] with config = \"kms.toml\" and sae_id = \"<this site's SAE ID>\"",
+        ));
+    };
+    let Some(link_name) = &p.qkd_link else {
+        return Err(invalid(
+            f("qkd_link"),
+            "missing",
+            "name the [[link]] of the KMS config that joins this site to the peer",
+        ));
+    };
+    let Some(link) = kms.settings.links.iter().find(|l| &l.name == link_name) else {
+        let names: Vec<&str> = kms.settings.links.iter().map(|l| l.name.as_str()).collect();
+        return Err(invalid(
+            f("qkd_link"),
+            format!("the KMS config has no link {link_name:?} (it has {names:?})"),
+            "use one of those names, or add the link to the KMS config",
+        ));
+    };
+    let want = if p.address.is_some() {
+        qsi_kms::store::Role::Master
+    } else {
+        qsi_kms::store::Role::Slave
+    };
+    if link.role != want {
+        return Err(invalid(
+            f("qkd_link"),
+            format!(
+                "link {link_name:?} has role {}, but the side that dials (has `address`) is the QKD master and the other the slave",
+                link.role.as_str()
+            ),
+            format!("use a link with role = \"{}\"", want.as_str()),
+        ));
+    }
+    let peer_sae_id = match &p.sae_id {
+        Some(s) if s != &link.peer_sae_id => {
+            return Err(invalid(
+                f("sae_id"),
+                format!(
+                    "{s:?} differs from the link's peer_sae_id {:?}",
+                    link.peer_sae_id
+                ),
+                "make them the same (or drop sae_id: it defaults to the link's)",
+            ));
+        }
+        Some(s) => s.clone(),
+        None => link.peer_sae_id.clone(),
+    };
+    let reserve = p.qkd_reserve.unwrap_or(8);
+    if reserve == 0 || reserve > 1024 {
+        return Err(invalid(
+            f("qkd_reserve"),
+            format!("{reserve} is out of range"),
+            "hold 1 to 1024 keys ready",
+        ));
+    }
+    Ok(Some(QkdPeer {
+        policy,
+        link: link_name.clone(),
+        peer_sae_id,
+        reserve,
+    }))
 }
 
 #[cfg(test)]

@@ -1,5 +1,11 @@
-//! The `qsid` process: load and validate the config, start the tunnels, the admin socket and the metrics
-//! endpoint, and react to signals (SIGHUP reloads, SIGTERM/SIGINT stop).
+//! The `qsid` process: load and validate the config, start the site's KMS (if `[kms]` is configured), the
+//! tunnels, the admin socket and the metrics endpoint, and react to signals (SIGHUP reloads, SIGTERM/SIGINT
+//! stop).
+//!
+//! The KMS runs in-process exactly as `qsi kms serve` would run it from the same file: its KME links and
+//! fetchers, the ETSI 014 server towards local SAEs, and its own admin socket, so `qsi kms status|keys|
+//! audit --config <kms file>` talk to qsid's KMS (redb admits one process: those commands never open the
+//! database while qsid runs). The tunnels take its keys in memory.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,11 +19,17 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::tunnel::Daemon;
+use crate::tunnel::qkd::QkdSite;
 
 /// Runs qsid until SIGTERM/SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
-    let d = Daemon::start(cfg.clone(), Some(config_path.to_path_buf())).await?;
+    let kms = start_kms(&cfg).await?;
+    let qkd = kms
+        .as_ref()
+        .zip(cfg.kms.as_ref())
+        .map(|(k, s)| Arc::new(QkdSite::new(k.kms.clone(), &s.sae_id)));
+    let d = Daemon::start_with(cfg.clone(), Some(config_path.to_path_buf()), qkd).await?;
     if let Some(sock) = &cfg.admin_socket {
         crate::admin::serve(d.clone(), sock.clone()).await?;
     }
@@ -44,8 +56,46 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     info!("qsid stopping");
     d.stop();
+    if let Some(k) = kms {
+        let sock = cfg.kms.as_ref().map(|s| s.settings.admin_socket.clone());
+        k.shutdown().await;
+        if let Some(sock) = sock {
+            let _ = std::fs::remove_file(sock);
+        }
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// Opens the KMS's keys in the HSM and starts it, if the site config has `[kms]`.
+pub async fn start_kms(cfg: &Config) -> anyhow::Result<Option<qsi_kms::daemon::Running>> {
+    let Some(site) = &cfg.kms else {
+        return Ok(None);
+    };
+    let settings = site.settings.clone();
+    let hsm = settings.hsm.clone();
+    let (kek, signer) = tokio::task::spawn_blocking(move || qsi_kms::hsmkeys::open(&hsm))
+        .await
+        .context("the KMS key opening task failed")?
+        .with_context(|| {
+            format!(
+                "cannot open the KMS keys named in {} [hsm] (is the token there and the PIN right? `qsi hsm list` shows the token)",
+                site.config_path.display()
+            )
+        })?;
+    let running = qsi_kms::daemon::start(&settings, kek, signer)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the KMS of {} (if `qsi kms serve` runs with the same file, stop it: one process owns the store)",
+                site.config_path.display()
+            )
+        })?;
+    if let Some(a) = running.etsi_addr {
+        eprintln!("qsid: KMS ETSI 014 server on https://{a}");
+    }
+    info!(config = %site.config_path.display(), sae = %site.sae_id, admin = %settings.admin_socket.display(), "KMS running inside qsid");
+    Ok(Some(running))
 }
 
 async fn serve_metrics(d: Arc<Daemon>, l: TcpListener) {

@@ -213,6 +213,8 @@ pub struct PeerToml {
     pub address: Option<SocketAddr>,
     /// Key-exchange override.
     pub key_exchange: Option<Vec<String>>,
+    /// More lines of the `[[peer]]` table, as TOML (e.g. `qkd = "require"`).
+    pub extra: String,
 }
 
 /// A site config to write as TOML.
@@ -239,6 +241,8 @@ pub struct SiteToml {
     pub forwards: Vec<(String, String, SocketAddr, String)>,
     /// (name, peer, target, protocol)
     pub exposes: Vec<(String, String, SocketAddr, String)>,
+    /// More TOML at the end of the file (e.g. a `[kms]` table).
+    pub extra: String,
 }
 
 fn list(v: &[String]) -> String {
@@ -294,6 +298,7 @@ impl SiteToml {
             if let Some(k) = &p.key_exchange {
                 s += &format!("key_exchange = {}\n", list(k));
             }
+            s += &p.extra;
         }
         for (name, peer, listen, proto) in &self.forwards {
             s += &format!(
@@ -304,6 +309,10 @@ impl SiteToml {
             s += &format!(
                 "\n[[expose]]\nname = {name:?}\npeer = {peer:?}\ntarget = \"{target}\"\nprotocol = {proto:?}\n"
             );
+        }
+        if !self.extra.is_empty() {
+            s += "\n";
+            s += &self.extra;
         }
         s
     }
@@ -342,9 +351,11 @@ pub fn pair_configs(dir: &Path, transport: &str) -> anyhow::Result<(SiteToml, Si
                     transport: transport.into(),
                     address: dial,
                     key_exchange: None,
+                    extra: String::new(),
                 }],
                 forwards: vec![],
                 exposes: vec![],
+                extra: String::new(),
             })
         };
     Ok((

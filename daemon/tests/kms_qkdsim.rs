@@ -7,105 +7,14 @@
 
 mod kms_common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kms_common::{hsm_section, json, need_softhsm, qsi, sae, serve, stop};
+use kms_common::{SimOptions, hsm_section, json, need_softhsm, qsi, sae, serve, start_sim, stop};
 use qsi_hsm::SoftHsmToken;
 use qsi_kms::admin::{AdminRequest, request};
 use qsi_kms::testkit::TestPki;
-
-/// The qkd-sim binary that `cargo test --workspace` builds beside this test's own binaries.
-fn qkd_sim() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("qkd-sim");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p qsi-qkd-sim` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
-struct Sim {
-    child: Child,
-    alice: SocketAddr,
-    bob: SocketAddr,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_sim(dir: &Path) -> Sim {
-    let out = Command::new(qkd_sim())
-        .arg("certs")
-        .arg(dir)
-        .args(["--alice-port", "0", "--bob-port", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qkd-sim certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cfg = dir.join("sim.toml");
-    std::fs::write(
-        &cfg,
-        r#"admin_socket = "sim.sock"
-[link]
-params = "gys"
-distance_km = 5.0
-seed = 7
-speedup = 200.0
-[limits]
-key_size = 256
-max_key_count = 256
-max_key_per_request = 16
-[tls]
-ca = "ca.pem"
-[alice]
-kme_id = "KME-Alice"
-listen = "127.0.0.1:0"
-cert = "kme-alice.pem"
-key = "kme-alice.key"
-sae = [{ id = "sae-a", cert = "sae-a.pem" }]
-[bob]
-kme_id = "KME-Bob"
-listen = "127.0.0.1:0"
-cert = "kme-bob.pem"
-key = "kme-bob.key"
-sae = [{ id = "sae-b", cert = "sae-b.pem" }]
-"#,
-    )
-    .unwrap();
-    let mut child = Command::new(qkd_sim())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = |who: &str| -> SocketAddr {
-        let l = lines
-            .next()
-            .unwrap_or_else(|| panic!("qkd-sim serve exited before announcing {who}"))
-            .unwrap();
-        assert!(l.contains(who), "{l}");
-        l.rsplit("https://").next().unwrap().parse().unwrap()
-    };
-    let alice = addr("(alice)");
-    let bob = addr("(bob)");
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Sim { child, alice, bob }
-}
 
 /// One site's names: (site, role, its SAE at the KME, the peer SAE, its application, the peer's).
 struct Names<'a>(&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
@@ -161,7 +70,7 @@ async fn two_kms_services_share_qkd_keys_from_qkd_sim() {
     need_softhsm();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    let sim = start_sim(dir);
+    let sim = start_sim(dir, &SimOptions::default());
     // the local applications' PKI is the site's own, apart from the QKD testbed's
     let local = TestPki::create(&dir.join("local")).unwrap();
     for n in ["kms-a", "kms-b"] {

@@ -107,6 +107,16 @@ pub enum AuditEvent {
         /// Who took them (a tunnel, an SAE ID).
         consumer: String,
     },
+    /// A key a tunnel had claimed (recorded as delivered to it) keyed one handshake; recorded after
+    /// the handshake, asynchronously, so no disk write sits inside it.
+    UsedInHandshake {
+        /// Link name.
+        link: String,
+        /// Key ID.
+        key_id: String,
+        /// The tunnel (peer) and the connection.
+        by: String,
+    },
     /// A batch's data key was destroyed: nothing of it can be decrypted any more.
     Erased {
         /// Link name.

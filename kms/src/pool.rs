@@ -282,6 +282,32 @@ impl Pool {
         Some(k)
     }
 
+    /// Either role: removes whichever of `ids` are in memory (master: announced or fresh; slave:
+    /// fetched), in the order asked, and leaves the others alone (the tunnels' claim of announced keys).
+    pub fn take_present(&mut self, ids: &[String]) -> Vec<(String, KeyMaterial)> {
+        let mut out = Vec::new();
+        for id in ids {
+            let found = match self.role {
+                Role::Slave => self.ready.remove(id),
+                Role::Master => {
+                    let from = |q: &mut VecDeque<(String, KeyMaterial)>| {
+                        q.iter()
+                            .position(|(i, _)| i == id)
+                            .and_then(|p| q.remove(p))
+                    };
+                    from(&mut self.announced)
+                        .or_else(|| from(&mut self.fresh))
+                        .map(|(_, k)| k)
+                }
+            };
+            if let Some(k) = found {
+                out.push((id.clone(), k));
+            }
+        }
+        self.m.consumed_total += out.len() as u64;
+        out
+    }
+
     /// Whether the slave pool holds this ID in memory now.
     pub fn holds(&self, id: &str) -> bool {
         self.ready.contains_key(id)

@@ -285,6 +285,38 @@ impl Kms {
         Err(KmsError::NotAvailable(key_id.to_string()))
     }
 
+    /// Either role, async: takes whichever of `ids` are in memory on `link` (never from the KME), records
+    /// them as delivered to `consumer` in one durable record, and returns them; the others stay where
+    /// they are. The tunnels claim announced keys with this ahead of any handshake, so a handshake only
+    /// removes a key from memory (a crash writes the claimed keys off: they are recorded as delivered).
+    pub async fn claim_ids(
+        &self,
+        link: &str,
+        ids: &[String],
+        consumer: &str,
+    ) -> Result<Vec<(String, KeyMaterial)>, KmsError> {
+        let l = self.link(link)?;
+        let keys = l.pool().take_present(ids);
+        if keys.is_empty() {
+            return Ok(keys);
+        }
+        l.wake.notify_one();
+        self.store
+            .submit(Op::Deliver {
+                key_ids: keys.iter().map(|(id, _)| id.clone()).collect(),
+                consumer: consumer.to_string(),
+            })
+            .await?;
+        Ok(keys)
+    }
+
+    /// Slave: which of `ids` the link holds in memory now (fetched, not yet delivered).
+    pub fn held(&self, link: &str, ids: &[String]) -> Result<Vec<String>, KmsError> {
+        let l = self.link(link)?;
+        let p = l.pool();
+        Ok(ids.iter().filter(|id| p.holds(id)).cloned().collect())
+    }
+
     /// Slave, async: the key with this ID on `link`; if it is neither in memory nor awaited, and `fetch`
     /// is set, it is fetched from the KME by ID first (the path for local SAEs calling `dec_keys`).
     pub async fn consume_by_id(

@@ -75,6 +75,27 @@ fn peer_rows(peers: &Value) -> String {
         {
             out += &format!("    last error: {e}\n");
         }
+        let q = &p["qkd"];
+        if q.is_object() {
+            out += &format!(
+                "    qkd {} ({} on link {}): reserve {}/{}  used {}  fallbacks {}  refused {}  last key IDs {}\n",
+                s(&q["policy"]),
+                s(&q["role"]),
+                s(&q["link"]),
+                s(&q["reserve"]),
+                s(&q["reserve_target"]),
+                s(&q["keys_used"]),
+                s(&q["fallbacks"]),
+                s(&q["refused"]),
+                q["last_key_ids"]
+                    .as_array()
+                    .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default()
+            );
+            if let Some(why) = q["problem"].as_str() {
+                out += &format!("    qkd problem: {why}\n");
+            }
+        }
     }
     out
 }

@@ -24,6 +24,7 @@
 //! ```
 
 // kx: the key-exchange group (next commit)
+pub mod kms;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;

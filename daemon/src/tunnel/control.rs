@@ -1,9 +1,11 @@
 //! The control connection: a long-lived mutual-TLS channel per peer beside the data connections.
 //!
 //! Messages are a typed enum, each sent as a 4-byte big-endian length and a JSON body. Today it carries the
-//! greeting and heartbeats; the QKD issue adds the master side's key-ID announcements (ETSI 014 `enc_keys`
-//! IDs) as new variants. A receiver that meets a variant it does not know logs and skips it, so the two
-//! sites can be upgraded one at a time.
+//! greeting, heartbeats, and the QKD key-ID announcements: the master side (the dialer) sends the IDs of
+//! keys its KMS took from its KME ([`ControlMessage::KeyIds`], at most [`MAX_KEY_IDS`] per batch, one batch
+//! outstanding), the slave fetches them by ID and answers with the IDs it holds
+//! ([`ControlMessage::KeyAck`]); the master only ever uses acknowledged IDs. A receiver that meets a variant
+//! it does not know logs and skips it, so the two sites can be upgraded one at a time.
 
 use std::time::Duration;
 
@@ -18,6 +20,10 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Silence after which the peer is declared gone.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Most key IDs in one announcement.
+pub const MAX_KEY_IDS: usize = 64;
+/// Longest key ID accepted (ETSI 014 key IDs are UUIDs; vendors may add a prefix).
+pub const MAX_KEY_ID_LEN: usize = 128;
 
 /// One control message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +45,21 @@ pub enum ControlMessage {
     Pong {
         /// The Ping's seq.
         seq: u64,
+    },
+    /// Master to slave: IDs of QKD keys the master's KMS took from its KME for this tunnel; the slave
+    /// fetches them by ID (`dec_keys`) and answers with a [`ControlMessage::KeyAck`].
+    KeyIds {
+        /// Batch number, echoed in the ack.
+        batch: u64,
+        /// Key IDs, at most [`MAX_KEY_IDS`].
+        ids: Vec<String>,
+    },
+    /// Slave to master: of a batch, the IDs the slave holds in memory now (claimed for this tunnel).
+    KeyAck {
+        /// The batch acknowledged.
+        batch: u64,
+        /// IDs held; the master uses only these.
+        held: Vec<String>,
     },
     /// The sender is closing the tunnel on purpose.
     Goodbye {
@@ -143,11 +164,53 @@ where
 }
 
 /// Runs heartbeats until the peer goes silent, says goodbye, or the transport fails.
-pub async fn run<R, W>(mut r: R, mut w: W) -> ControlError
+pub async fn run<R, W>(r: R, w: W) -> ControlError
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    let (_keep, outbox) = tokio::sync::mpsc::channel(1);
+    let (inbox, _drop) = tokio::sync::mpsc::channel(1);
+    run_with(r, w, outbox, inbox).await
+}
+
+/// Checks an announcement's bounds: at most [`MAX_KEY_IDS`] IDs, each non-empty, printable ASCII and at
+/// most [`MAX_KEY_ID_LEN`] long, none twice.
+pub fn check_key_ids(ids: &[String]) -> Result<(), String> {
+    if ids.len() > MAX_KEY_IDS {
+        return Err(format!(
+            "{} key IDs in one batch (most {MAX_KEY_IDS})",
+            ids.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if id.is_empty()
+            || id.len() > MAX_KEY_ID_LEN
+            || !id.bytes().all(|b| b.is_ascii_graphic())
+            || !seen.insert(id.as_str())
+        {
+            return Err(format!("malformed or repeated key ID {id:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs heartbeats like [`run`], and also sends what arrives on `outbox` and passes the QKD messages
+/// received ([`ControlMessage::KeyIds`], [`ControlMessage::KeyAck`]) to `inbox`. The inbox is never
+/// awaited (heartbeats must not wait on a KMS): if it is full, the message is dropped with a warning
+/// and the master's batch times out.
+pub async fn run_with<R, W>(
+    mut r: R,
+    mut w: W,
+    mut outbox: tokio::sync::mpsc::Receiver<ControlMessage>,
+    inbox: tokio::sync::mpsc::Sender<ControlMessage>,
+) -> ControlError
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut outbox_open = true;
     let mut seq = 0u64;
     let mut ticker = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = tokio::time::Instant::now();
@@ -162,9 +225,22 @@ where
                     return e;
                 }
             }
+            m = outbox.recv(), if outbox_open => match m {
+                Some(m) => {
+                    if let Err(e) = send(&mut w, &m).await {
+                        return e;
+                    }
+                }
+                None => outbox_open = false,
+            },
             m = recv(&mut r) => {
                 last_heard = tokio::time::Instant::now();
                 match m {
+                    Ok(m @ (ControlMessage::KeyIds { .. } | ControlMessage::KeyAck { .. })) => {
+                        if inbox.try_send(m).is_err() {
+                            tracing::warn!("QKD control message dropped: its handler is busy or gone");
+                        }
+                    }
                     Ok(ControlMessage::Ping { seq }) => {
                         if let Err(e) = send(&mut w, &ControlMessage::Pong { seq }).await {
                             return e;
@@ -193,6 +269,48 @@ mod tests {
         assert_eq!(decode(&wire[4..]).unwrap(), Some(m));
         assert_eq!(decode(br#"{"type":"key_ids","ids":["x"]}"#).unwrap(), None);
         assert!(decode(b"not json").is_err());
+    }
+
+    #[test]
+    fn key_id_batches_are_bounded() {
+        let ok: Vec<String> = (0..MAX_KEY_IDS).map(|i| format!("id-{i}")).collect();
+        assert!(check_key_ids(&ok).is_ok());
+        let mut big = ok.clone();
+        big.push("one-more".into());
+        assert!(check_key_ids(&big).is_err());
+        assert!(check_key_ids(&["a".into(), "a".into()]).is_err());
+        assert!(check_key_ids(&["".into()]).is_err());
+        assert!(check_key_ids(&["a b".into()]).is_err());
+        assert!(check_key_ids(&["x".repeat(MAX_KEY_ID_LEN + 1)]).is_err());
+        let m = ControlMessage::KeyAck {
+            batch: 3,
+            held: vec!["k1".into()],
+        };
+        assert_eq!(decode(&encode(&m)[4..]).unwrap(), Some(m));
+    }
+
+    #[tokio::test]
+    async fn key_messages_reach_the_inbox_and_the_outbox_is_sent() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let (to_a, out_a) = tokio::sync::mpsc::channel(4);
+        let (in_a, _keep_a) = tokio::sync::mpsc::channel(4);
+        let (_to_b, out_b) = tokio::sync::mpsc::channel(4);
+        let (in_b, mut got_b) = tokio::sync::mpsc::channel(4);
+        let ta = tokio::spawn(run_with(ar, aw, out_a, in_a));
+        let tb = tokio::spawn(run_with(br, bw, out_b, in_b));
+        let m = ControlMessage::KeyIds {
+            batch: 1,
+            ids: vec!["k1".into(), "k2".into()],
+        };
+        to_a.send(m.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), got_b.recv())
+            .await
+            .unwrap();
+        assert_eq!(got, Some(m));
+        ta.abort();
+        tb.abort();
     }
 
     #[tokio::test]

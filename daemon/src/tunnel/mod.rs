@@ -11,6 +11,7 @@ pub mod control;
 pub mod flow;
 pub mod frame;
 pub mod mux;
+pub mod qkd;
 pub mod udp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -134,6 +135,8 @@ pub struct PeerRuntime {
     flows: Mutex<BTreeMap<u64, FlowInfo>>,
     next_flow: AtomicU64,
     udp: udp::UdpState,
+    /// QKD state, when the peer's data connections take QKD keys.
+    pub qkd: Option<Arc<qkd::PeerQkd>>,
 }
 
 impl PeerRuntime {
@@ -251,6 +254,8 @@ pub struct Daemon {
     started: Instant,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// The in-process KMS and every peer's QKD reserve, if the site has a `[kms]`.
+    pub qkd: Option<Arc<qkd::QkdSite>>,
 }
 
 /// What a reload changed.
@@ -325,7 +330,24 @@ fn failure_reason(e: &str) -> &'static str {
 impl Daemon {
     /// Binds every listener and starts every peer and forward. Errors say which address could not be bound.
     pub async fn start(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Daemon>> {
+        Self::start_with(cfg, config_path, None).await
+    }
+
+    /// Like [`Daemon::start`], with the site's running KMS (see `server::start_kms`) for QKD peers.
+    pub async fn start_with(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        qkd: Option<Arc<qkd::QkdSite>>,
+    ) -> anyhow::Result<Arc<Daemon>> {
         use anyhow::Context as _;
+        if qkd.is_none()
+            && let Some(p) = cfg.peers.iter().find(|p| p.qkd.is_some())
+        {
+            anyhow::bail!(
+                "peer {:?} takes QKD keys but no KMS is running; add a [kms] section",
+                p.name
+            );
+        }
         let tls_server = Arc::new(tls::server_config(
             &cfg.peers,
             &cfg.credentials,
@@ -355,6 +377,7 @@ impl Daemon {
             handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            qkd,
         });
         if cfg.listen_quic.is_some() {
             tokio::spawn(d.clone().accept_quic());
@@ -392,6 +415,10 @@ impl Daemon {
 
     fn start_peer(self: &Arc<Self>, cfg: PeerConfig) {
         let site = self.site();
+        let qkd = match (&self.qkd, &cfg.qkd) {
+            (Some(q), Some(c)) => Some(q.peer(&cfg.name, c, cfg.address.is_some())),
+            _ => None,
+        };
         let rt = Arc::new(PeerRuntime {
             site: site.clone(),
             data: watch::channel(None).0,
@@ -409,6 +436,7 @@ impl Daemon {
             flows: Mutex::new(BTreeMap::new()),
             next_flow: AtomicU64::new(1),
             udp: udp::UdpState::default(),
+            qkd,
             cfg,
         });
         self.peers
@@ -513,6 +541,16 @@ impl Daemon {
                     .await
                     .map_err(|e| e.to_string())?;
                 check_site(&rt.cfg, &peer_site);
+                let (ctl_run, _qkd_task) = control_session(rt, r, s);
+                let mut ctl_run = std::pin::pin!(ctl_run);
+                rt.set_status(|s| s.control_up = true);
+                let _qkd_key = tokio::select! {
+                    e = &mut ctl_run => {
+                        rt.set_status(|s| s.control_up = false);
+                        return Err(format!("control connection: {e}"));
+                    }
+                    k = rt.qkd_gate() => k,
+                };
                 let data = quic_connect(&self.endpoint, qcfg(ALPN_DATA)?, addr, &sni).await?;
                 quic_group(&rt.cfg, &data)
                     .inspect_err(|_| data.close(0u32.into(), b"kx policy"))?;
@@ -527,7 +565,7 @@ impl Daemon {
                 self.clone().serve_quic_data(rt.clone(), data.clone());
                 rt.install(entry.clone());
                 let reason = tokio::select! {
-                    e = control::run(r, s) => format!("control connection: {e}"),
+                    e = &mut ctl_run => format!("control connection: {e}"),
                     e = data.closed() => format!("data connection: {e}"),
                     _ = rt.cancel.cancelled() => "peer stopped by configuration".to_string(),
                 };
@@ -548,6 +586,16 @@ impl Daemon {
                     .await
                     .map_err(|e| e.to_string())?;
                 check_site(&rt.cfg, &peer_site);
+                let (ctl_run, _qkd_task) = control_session(rt, r, w);
+                let mut ctl_run = std::pin::pin!(ctl_run);
+                rt.set_status(|s| s.control_up = true);
+                let _qkd_key = tokio::select! {
+                    e = &mut ctl_run => {
+                        rt.set_status(|s| s.control_up = false);
+                        return Err(format!("control connection: {e}"));
+                    }
+                    k = rt.qkd_gate() => k,
+                };
                 let data = tls_connect(&rt.cfg, client(ALPN_DATA)?, addr).await?;
                 tls_group(&rt.cfg, data.get_ref().1)?;
                 inc(&rt.counters.handshakes);
@@ -562,7 +610,7 @@ impl Daemon {
                 self.clone().serve_mux_incoming(rt.clone(), incoming);
                 rt.install(entry.clone());
                 let reason = tokio::select! {
-                    e = control::run(r, w) => format!("control connection: {e}"),
+                    e = &mut ctl_run => format!("control connection: {e}"),
                     e = m.closed() => format!("data connection: {e}"),
                     _ = rt.cancel.cancelled() => "peer stopped by configuration".to_string(),
                 };
@@ -1114,6 +1162,7 @@ impl Daemon {
                         "bytes_sent": c.bytes_sent.load(Ordering::Relaxed),
                         "bytes_received": c.bytes_received.load(Ordering::Relaxed),
                         "handshakes": c.handshakes.load(Ordering::Relaxed),
+                        "qkd": rt.qkd.as_ref().map(|q| q.status()),
                     })
                 })
                 .collect(),
@@ -1149,7 +1198,12 @@ impl Daemon {
 
     /// Prometheus text.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(&self.site())
+        let site = self.site();
+        let mut t = self.metrics.render(&site);
+        if let Some(q) = &self.qkd {
+            t += &q.render_metrics(&site);
+        }
+        t
     }
 
     /// Stops everything (flows end with "qsid shutting down").
@@ -1187,13 +1241,99 @@ where
         }
     }
     rt.set_status(|st| st.control_up = true);
+    let (ctl_run, _qkd_task) = control_session(rt, r, w);
     let reason = tokio::select! {
-        e = control::run(r, w) => e.to_string(),
+        e = ctl_run => e.to_string(),
         _ = rt.cancel.cancelled() => "peer stopped by configuration".into(),
     };
     rt.set_status(|st| st.control_up = false);
     info!(reason = %reason, "control connection ended");
     reason
+}
+
+/// Aborts a task when dropped (the QKD announcement task lives as long as its control session).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The control connection's run loop for one session, with the peer's QKD announcement task (master or
+/// slave side) attached to it when the peer takes QKD keys.
+fn control_session<R, W>(
+    rt: &PeerRuntime,
+    r: R,
+    w: W,
+) -> (
+    impl std::future::Future<Output = control::ControlError>,
+    AbortOnDrop,
+)
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send,
+{
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(4);
+    let task = rt.qkd.clone().map(|q| {
+        let span = tracing::Span::current();
+        if q.master {
+            tokio::spawn(q.run_master(out_tx, in_rx).instrument(span))
+        } else {
+            tokio::spawn(q.run_slave(out_tx, in_rx).instrument(span))
+        }
+    });
+    (control::run_with(r, w, out_rx, in_tx), AbortOnDrop(task))
+}
+
+/// How long the dialer waits for a QKD key before its policy decides.
+const QKD_WAIT: Duration = Duration::from_secs(3);
+
+impl PeerRuntime {
+    /// Before dialing a data connection: `Some(peer QKD state)` when a QKD key is ready for it; `None`
+    /// when the peer takes no QKD keys, or under `prefer` when none is ready (the hybrid alone, with a
+    /// warning and the fallback counter). Under `require` it waits, as long as it takes, for a key:
+    /// no data connection without one; the control connection stays, and status, metrics and the log
+    /// say why.
+    pub async fn qkd_gate(&self) -> Option<Arc<qkd::PeerQkd>> {
+        let q = self.qkd.clone()?;
+        let mut waiting = false;
+        loop {
+            if q.wait_for_key(QKD_WAIT).await {
+                if waiting {
+                    info!(peer = %self.cfg.name, "QKD key ready; opening the data connection");
+                }
+                return Some(q);
+            }
+            let why = q
+                .problem()
+                .unwrap_or_else(|| "no QKD key announced and acknowledged yet".into());
+            match q.cfg.policy {
+                crate::qkd::QkdPolicy::Prefer => {
+                    q.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.failure(&self.cfg.name, "qkd_fallback");
+                    warn!(peer = %self.cfg.name, reason = %why, "no QKD key: qkd = prefer, so this data connection uses the hybrid key exchange alone");
+                    return None;
+                }
+                crate::qkd::QkdPolicy::Require => {
+                    if !waiting {
+                        q.refused.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.failure(&self.cfg.name, "qkd_no_key");
+                        warn!(peer = %self.cfg.name, reason = %why, "no QKD key: qkd = require, so no data connection until one arrives (the control connection stays up)");
+                        waiting = true;
+                    }
+                    let msg = format!("qkd = require and no QKD key: {why}");
+                    self.set_status(|s| {
+                        s.state = "no-qkd-key".into();
+                        s.last_error = Some(msg);
+                    });
+                }
+            }
+        }
+    }
 }
 
 fn check_site(peer: &PeerConfig, said: &str) {

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -105,4 +106,142 @@ pub fn sae(url: &str, peer: &str, ca: &Path, cert: &Path, key: &Path) -> Etsi014
         tls: qsi_kms::tls::client_config(ca, cert, key).unwrap(),
     })
     .unwrap()
+}
+
+/// The qkd-sim binary that `cargo test --workspace` builds beside this test's own binaries.
+pub fn qkd_sim() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("qkd-sim");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p qsi-qkd-sim` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Writes the QKD testbed's CA, KME and SAE certificates into `dir` (`qkd-sim certs`) unless there.
+pub fn sim_certs(dir: &Path) {
+    if dir.join("ca.pem").exists() {
+        return;
+    }
+    let out = Command::new(qkd_sim())
+        .arg("certs")
+        .arg(dir)
+        .args(["--alice-port", "0", "--bob-port", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qkd-sim certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `qkd-sim serve` (killed on drop).
+pub struct Sim {
+    /// The process.
+    pub child: Child,
+    /// Alice's KME.
+    pub alice: SocketAddr,
+    /// Bob's KME.
+    pub bob: SocketAddr,
+    /// Its config (for `qkd-sim eve --config`).
+    pub config: PathBuf,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to run the simulated link.
+pub struct SimOptions {
+    /// Ports of Alice's and Bob's KMEs (0: any free port).
+    pub ports: (u16, u16),
+    /// Keys each KME holds at most.
+    pub max_keys: u32,
+    /// `qkd-sim serve --fault`.
+    pub fault: Option<&'static str>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            ports: (0, 0),
+            max_keys: 256,
+            fault: None,
+        }
+    }
+}
+
+/// Writes the testbed's certificates into `dir` (once) and starts a 5 km link (sae-a at Alice, sae-b
+/// at Bob), sped up 200 times.
+pub fn start_sim(dir: &Path, o: &SimOptions) -> Sim {
+    sim_certs(dir);
+    let cfg = dir.join("sim.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"admin_socket = "sim.sock"
+[link]
+params = "gys"
+distance_km = 5.0
+seed = 7
+speedup = 200.0
+[limits]
+key_size = 256
+max_key_count = {max}
+max_key_per_request = 16
+[tls]
+ca = "ca.pem"
+[alice]
+kme_id = "KME-Alice"
+listen = "127.0.0.1:{pa}"
+cert = "kme-alice.pem"
+key = "kme-alice.key"
+sae = [{{ id = "sae-a", cert = "sae-a.pem" }}]
+[bob]
+kme_id = "KME-Bob"
+listen = "127.0.0.1:{pb}"
+cert = "kme-bob.pem"
+key = "kme-bob.key"
+sae = [{{ id = "sae-b", cert = "sae-b.pem" }}]
+"#,
+            max = o.max_keys,
+            pa = o.ports.0,
+            pb = o.ports.1
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(qkd_sim());
+    c.args(["serve", "--config"]).arg(&cfg);
+    if let Some(f) = o.fault {
+        c.args(["--fault", f]);
+    }
+    let mut child = c
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = |who: &str| -> SocketAddr {
+        let l = lines
+            .next()
+            .unwrap_or_else(|| panic!("qkd-sim serve exited before announcing {who}"))
+            .unwrap();
+        assert!(l.contains(who), "{l}");
+        l.rsplit("https://").next().unwrap().parse().unwrap()
+    };
+    let alice = addr("(alice)");
+    let bob = addr("(bob)");
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Sim {
+        child,
+        alice,
+        bob,
+        config: cfg,
+    }
 }

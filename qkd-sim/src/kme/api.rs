@@ -63,6 +63,17 @@ pub struct Kme {
     pub pool: Arc<Mutex<LinkPool>>,
     /// Copy of the pool's limits (read without the lock).
     pub limits: Limits,
+    /// A deliberate fault (test fault injector; never set in normal operation).
+    pub fault: Option<Fault>,
+}
+
+/// Faults `qkd-sim serve --fault` injects into Bob's KME, to test what its clients do with a KME that
+/// misbehaves in ways a healthy simulator never would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// `dec_keys` answers the right key IDs with wrong key bytes (the first byte of each key flipped):
+    /// the two SAEs then hold different keys under the same ID.
+    WrongKey,
 }
 
 impl Kme {
@@ -215,6 +226,20 @@ impl Kme {
             .map_err(|_| poisoned())?
             .redeem(self.side, caller, master, &ids)?;
         tracing::debug!(kme = %self.kme_id, sae = caller, master, number = keys.len(), "keys delivered");
+        if self.fault == Some(Fault::WrongKey) {
+            tracing::warn!(kme = %self.kme_id, number = keys.len(), "FAULT INJECTOR: answering dec_keys with wrong key bytes");
+            let wrong: Vec<(KeyId, Zeroizing<Vec<u8>>)> = keys
+                .iter()
+                .map(|(id, k)| {
+                    let mut w = Zeroizing::new(k.to_vec());
+                    if let Some(b) = w.first_mut() {
+                        *b ^= 0xff;
+                    }
+                    (*id, w)
+                })
+                .collect();
+            return Ok(container(wrong.iter().map(|(id, k)| (*id, &k[..]))));
+        }
         Ok(container(keys.iter().map(|(id, k)| (*id, &k[..]))))
     }
 }
@@ -282,6 +307,7 @@ mod tests_support {
             remote_saes: set(&["sae-b", "sae-c"]),
             pool: pool.clone(),
             limits,
+            fault: None,
         };
         let b = Kme {
             side: Side::Bob,
@@ -291,6 +317,7 @@ mod tests_support {
             remote_saes: set(&["sae-a"]),
             pool,
             limits,
+            fault: None,
         };
         (a, b)
     }

@@ -14,6 +14,10 @@ pub struct ServeArgs {
     /// The link and KME configuration (`qkd-sim certs DIR` writes one).
     #[arg(long)]
     pub config: PathBuf,
+    /// FAULT INJECTOR for tests: make Bob's KME misbehave (`wrong-key`: dec_keys returns the right key
+    /// IDs with wrong key bytes). Never use it outside a test.
+    #[arg(long, value_enum)]
+    pub fault: Option<super::api::Fault>,
 }
 
 /// `qkd-sim certs`.
@@ -66,7 +70,11 @@ fn init_tracing() {
 /// `qkd-sim serve --config link.toml`: runs until Ctrl-C or SIGTERM.
 pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
     init_tracing();
-    let cfg = ServeConfig::load(&a.config)?;
+    let mut cfg = ServeConfig::load(&a.config)?;
+    if let Some(f) = a.fault {
+        tracing::warn!(fault = ?f, "FAULT INJECTOR on: Bob's KME will misbehave on purpose");
+        cfg.fault = Some(f);
+    }
     let supply = super::link_supply::from_config(&cfg.link)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {

@@ -166,6 +166,8 @@ pub struct ServeConfig {
     pub alice: KmeConfig,
     /// Bob's KME.
     pub bob: KmeConfig,
+    /// A fault injected into Bob's KME (set by `qkd-sim serve --fault`, never from the file).
+    pub fault: Option<super::api::Fault>,
 }
 
 impl ServeConfig {
@@ -285,6 +287,7 @@ impl ServeConfig {
             ca: rel(&raw.tls.ca),
             alice,
             bob,
+            fault: None,
         })
     }
 }

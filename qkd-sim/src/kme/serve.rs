@@ -68,6 +68,7 @@ fn kme(
         remote_saes: ids(peer),
         pool: pool.clone(),
         limits: cfg.limits,
+        fault: if side == Side::Bob { cfg.fault } else { None },
     }
 }
 

@@ -1,0 +1,382 @@
+//! Tunnels keyed by three sources, end to end with real processes: two `qsid` sites, each running its KMS
+//! in-process (keys on a SoftHSM2 token), and qkd-sim's simulated KME pair over ETSI GS QKD 014 with mutual
+//! TLS. Site A dials, so it is the QKD master (sae-a at Alice's KME); site B is the slave (sae-b at Bob's).
+//! A's KMS takes keys from Alice, A announces their IDs over the control connection, B's KMS fetches them
+//! from Bob by ID and acknowledges what it holds; data connections are keyed with those keys.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test crate: failures should be loud
+
+mod common;
+#[path = "../daemon/tests/kms_common/mod.rs"]
+mod kms_common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use kms_common::{Sim, SimOptions, need_softhsm, sim_certs, start_sim};
+use qsi_daemon::testbed::{self, Qsid, SiteToml};
+use qsi_hsm::SoftHsmToken;
+use serde_json::Value;
+
+/// One site's KMS: its config file and token.
+struct Kms {
+    config: PathBuf,
+    _token: SoftHsmToken,
+}
+
+/// Writes `<dir>/kms-<site>.toml`: store, admin socket, keys on a fresh SoftHSM2 token (PIN in a file),
+/// one link `ab` to the KME at `kme` (small pool, small batches: tests stay quick).
+fn kms_config(dir: &Path, site: &str, role: &str, kme: SocketAddr, extra: &str) -> Kms {
+    let token = SoftHsmToken::create(&format!("kms-{site}")).unwrap();
+    let pin = dir.join(format!("kms-{site}.pin"));
+    std::fs::write(&pin, token.user_pin.expose()).unwrap();
+    let (me, peer) = if role == "master" {
+        ("sae-a", "sae-b")
+    } else {
+        ("sae-b", "sae-a")
+    };
+    let config = dir.join(format!("kms-{site}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"[store]
+path = "kms-{site}.redb"
+checkpoint_every = 16
+[admin]
+socket = "kms-{site}.sock"
+[hsm]
+backend = "pkcs11"
+token = "{label}"
+pin = "file:{pin}"
+create_missing = true
+{extra}
+[[link]]
+name = "ab"
+role = "{role}"
+kme_url = "https://127.0.0.1:{port}"
+server_name = "localhost"
+peer_sae_id = "{peer}"
+ca = "ca.pem"
+cert = "{me}.pem"
+key = "{me}.key"
+key_bits = 256
+capacity = 16
+low_water = 4
+batch = 8
+timeout_ms = 2000
+connect_timeout_ms = 500
+retries = 0
+"#,
+            label = token.label,
+            pin = pin.display(),
+            port = kme.port(),
+        ),
+    )
+    .unwrap();
+    Kms {
+        config,
+        _token: token,
+    }
+}
+
+/// A running QKD site pair with an echo service carried from A to B.
+struct QkdPair {
+    dir: PathBuf,
+    a_cfg: SiteToml,
+    b_cfg: SiteToml,
+    a: Qsid,
+    b: Qsid,
+    kms_a: Kms,
+    kms_b: Kms,
+    /// Listener on A reaching B's echo.
+    a_to_b: SocketAddr,
+}
+
+/// How a pair is set up.
+struct Setup<'a> {
+    transport: &'a str,
+    policy: &'a str,
+    /// Alice's and Bob's KME addresses (the KMEs need not be running).
+    kmes: (SocketAddr, SocketAddr),
+    /// More lines for A's peer entry (e.g. rekeying).
+    peer_extra_a: &'a str,
+    /// More TOML for A's KMS config (e.g. an ETSI 014 server for local SAEs).
+    kms_extra_a: &'a str,
+}
+
+fn start_pair(rt: &tokio::runtime::Runtime, dir: &Path, s: &Setup<'_>) -> QkdPair {
+    testbed::write_pki(dir, &["site-a", "site-b"]).unwrap();
+    sim_certs(dir);
+    let (mut a, mut b) = testbed::pair_configs(dir, s.transport).unwrap();
+    let echo_b = echo_server(rt);
+    let a_to_b = testbed::free_addr().unwrap();
+    testbed::carry(&mut a, &mut b, "echo", a_to_b, echo_b);
+    let kms_a = kms_config(dir, "a", "master", s.kmes.0, s.kms_extra_a);
+    let kms_b = kms_config(dir, "b", "slave", s.kmes.1, "");
+    a.extra = "[kms]\nconfig = \"kms-a.toml\"\nsae_id = \"sae-a\"\n".into();
+    b.extra = "[kms]\nconfig = \"kms-b.toml\"\nsae_id = \"sae-b\"\n".into();
+    a.peers[0].extra = format!(
+        "qkd = {:?}\nqkd_link = \"ab\"\nsae_id = \"sae-b\"\nqkd_reserve = 2\n{}",
+        s.policy, s.peer_extra_a
+    );
+    b.peers[0].extra = format!("qkd = {:?}\nqkd_link = \"ab\"\nqkd_reserve = 2\n", s.policy);
+    let qb = Qsid::start(QSID.as_ref(), &b.write(dir).unwrap()).unwrap();
+    let qa = Qsid::start(QSID.as_ref(), &a.write(dir).unwrap()).unwrap();
+    QkdPair {
+        dir: dir.to_path_buf(),
+        a_cfg: a,
+        b_cfg: b,
+        a: qa,
+        b: qb,
+        kms_a,
+        kms_b,
+        a_to_b,
+    }
+}
+
+impl QkdPair {
+    fn status(&self, a: bool) -> Value {
+        let cfg = if a { &self.a_cfg } else { &self.b_cfg };
+        testbed::admin(cfg.admin.as_ref().unwrap(), "status").unwrap()
+    }
+
+    /// The one peer's entry in a site's `qsi tunnel status`.
+    fn peer(&self, a: bool) -> Value {
+        self.status(a)["peers"][0].clone()
+    }
+
+    fn logs(&self) -> String {
+        format!("A:\n{}\nB:\n{}", self.a.log_tail(), self.b.log_tail())
+    }
+
+    /// Waits until `f` holds for a site's peer entry.
+    fn wait_peer(&self, a: bool, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+        let ok = testbed::wait_until(Duration::from_secs(secs), || f(&self.peer(a)));
+        let p = self.peer(a);
+        assert!(ok, "{what}: {p:#}\n{}", self.logs());
+        p
+    }
+
+    fn metrics_a(&self) -> String {
+        metrics(self.a_cfg.metrics.unwrap())
+    }
+}
+
+/// `qsi kms <args> --config <cfg> --json` against the KMS running inside qsid.
+fn qsi_kms(cfg: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_qsi"))
+        .arg("kms")
+        .args(args)
+        .args(["--config", cfg.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qsi kms {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Audit events of a KMS (parsed), in order.
+fn audit_events(cfg: &Path) -> Vec<Value> {
+    let v = qsi_kms(cfg, &["audit", "--limit", "100000"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r["event"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// How often `id` appears in events of kind `event` (a `key_id` field or a `key_ids` list).
+fn count_ids(events: &[Value], event: &str, id: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == event)
+        .map(|e| {
+            usize::from(e["key_id"] == id)
+                + e["key_ids"]
+                    .as_array()
+                    .map_or(0, |a| a.iter().filter(|x| *x == id).count())
+        })
+        .sum()
+}
+
+fn sim(dir: &Path, fault: Option<&'static str>) -> Sim {
+    start_sim(
+        dir,
+        &SimOptions {
+            fault,
+            ..SimOptions::default()
+        },
+    )
+}
+
+/// Key IDs a KMS recorded as delivered to `consumer`.
+fn claimed(events: &[Value], consumer: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "delivered-keys" && e["consumer"] == consumer)
+        .flat_map(|e| e["key_ids"].as_array().cloned().unwrap_or_default())
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn announced_key_ids_fill_both_reserves_and_qsi_kms_reaches_the_kms_in_qsid() {
+    need_softhsm();
+    let rt = runtime();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let s = sim(dir, None);
+    let p = start_pair(
+        &rt,
+        dir,
+        &Setup {
+            transport: "quic",
+            policy: "require",
+            kmes: (s.alice, s.bob),
+            peer_extra_a: "",
+            kms_extra_a: "",
+        },
+    );
+    // A announced, B fetched by ID and acknowledged: both reserves reach their target of 2
+    for a in [true, false] {
+        p.wait_peer(a, "the QKD reserve never filled", 30, |v| {
+            v["qkd"]["reserve"].as_u64() == Some(2) && v["qkd"]["problem"].is_null()
+        });
+    }
+    let pa = p.peer(true);
+    assert_eq!(pa["qkd"]["role"], "master", "{pa:#}");
+    assert_eq!(p.peer(false)["qkd"]["role"], "slave");
+
+    // `qsi kms` reaches each KMS inside qsid (its own admin socket; the store is not opened twice)
+    let st = qsi_kms(&p.kms_a.config, &["status"]);
+    assert_eq!(st["links"][0]["name"], "ab", "{st}");
+    assert_eq!(st["links"][0]["role"], "master", "{st}");
+    let keys = qsi_kms(&p.kms_b.config, &["keys"]);
+    assert!(keys["qkd"].is_array(), "{keys}");
+    // every key B holds for the tunnel was claimed by A for it first (claims are durable records)
+    let (ea, eb) = (audit_events(&p.kms_a.config), audit_events(&p.kms_b.config));
+    let (ca, cb) = (claimed(&ea, "tunnel:site-b"), claimed(&eb, "tunnel:site-a"));
+    assert!(cb.len() >= 2, "B claimed the acknowledged keys: {eb:?}");
+    for id in &cb {
+        assert!(
+            ca.contains(id),
+            "B holds {id}, which A never claimed: {ca:?}"
+        );
+        assert_eq!(count_ids(&eb, "delivered-keys", id), 1, "claimed once");
+    }
+    let m = p.metrics_a();
+    assert!(
+        m.contains(
+            "qsi_qkd_reserve_keys{site=\"site-a\",peer=\"site-b\",link=\"ab\",policy=\"require\"} 2"
+        ),
+        "{m}"
+    );
+    drop(p);
+    drop(s);
+}
+
+#[test]
+fn require_fails_closed_without_a_kme_and_opens_once_keys_flow() {
+    need_softhsm();
+    let rt = runtime();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // the KMEs' addresses are fixed, but nothing runs there yet: the KME is down
+    let kmes = (testbed::free_addr().unwrap(), testbed::free_addr().unwrap());
+    let p = start_pair(
+        &rt,
+        dir,
+        &Setup {
+            transport: "quic",
+            policy: "require",
+            kmes,
+            peer_extra_a: "",
+            kms_extra_a: "",
+        },
+    );
+    let pa = p.wait_peer(true, "require never reported the missing key", 20, |v| {
+        v["state"] == "no-qkd-key"
+    });
+    assert_eq!(
+        pa["control_up"], true,
+        "the control connection stays: {pa:#}"
+    );
+    assert!(pa["group"].is_null(), "no data connection: {pa:#}");
+    let why = pa["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("qkd = require") && why.contains("ab"),
+        "says why: {why}"
+    );
+    assert!(
+        rt.block_on(roundtrip(p.a_to_b, 1024)).is_err(),
+        "no flow without a data connection"
+    );
+    let m = p.metrics_a();
+    assert!(m.contains("reason=\"qkd_no_key\"} 1"), "{m}");
+    assert!(
+        m.contains(
+            "qsi_qkd_link_problem{site=\"site-a\",peer=\"site-b\",link=\"ab\",policy=\"require\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        p.a.log_tail()
+            .contains("qkd = require, so no data connection"),
+        "{}",
+        p.a.log_tail()
+    );
+
+    // the KME comes up: keys flow, the tunnel opens with QKD
+    let _s = start_sim(
+        dir,
+        &SimOptions {
+            ports: (kmes.0.port(), kmes.1.port()),
+            ..SimOptions::default()
+        },
+    );
+    p.wait_peer(true, "the tunnel did not open once keys flowed", 40, |v| {
+        v["state"] == "connected"
+    });
+    rt.block_on(roundtrip(p.a_to_b, 1024)).unwrap();
+}
+
+#[test]
+fn prefer_falls_back_to_the_hybrid_loudly_and_counts_it() {
+    need_softhsm();
+    let rt = runtime();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let kmes = (testbed::free_addr().unwrap(), testbed::free_addr().unwrap());
+    let p = start_pair(
+        &rt,
+        dir,
+        &Setup {
+            transport: "tls",
+            policy: "prefer",
+            kmes,
+            peer_extra_a: "",
+            kms_extra_a: "",
+        },
+    );
+    let pa = p.wait_peer(true, "prefer never came up on the hybrid", 20, |v| {
+        v["state"] == "connected"
+    });
+    assert_eq!(pa["qkd"]["fallbacks"], 1, "{pa:#}");
+    assert_eq!(pa["qkd"]["keys_used"], 0, "{pa:#}");
+    assert_eq!(pa["group"], "X25519MLKEM768", "the hybrid alone: {pa:#}");
+    rt.block_on(roundtrip(p.a_to_b, 4096)).unwrap();
+    let m = p.metrics_a();
+    assert!(m.contains("qsi_qkd_fallbacks_total{site=\"site-a\",peer=\"site-b\",link=\"ab\",policy=\"prefer\"} 1"), "{m}");
+    let log = std::fs::read_to_string(&p.a.log).unwrap();
+    assert!(
+        log.contains("WARN") && log.contains("hybrid key exchange alone"),
+        "{log}"
+    );
+    let _ = &p.dir;
+}
