@@ -130,6 +130,8 @@ fn revoked_site_certificate_is_refused_with_the_reason_in_status_logs_and_metric
                     *crl.hits.lock().unwrap() > hits_before,
                     "qsid never fetched the CRL"
                 );
+                // Fetched at start from our own certificate's distribution point, before any handshake.
+                assert!(log_line(&qa, &["CRLs of our own chain", "prefetched"]));
             }
             Some("site-b") => {
                 // A dials B and refuses B's server certificate.
@@ -335,7 +337,8 @@ fn site_keys_in_softhsm_tokens_carry_a_forwarded_service() {
     let dir = tempfile::tempdir().unwrap();
     let mut ca = testbed::write_test_pki(dir.path(), &[], &PkiOptions::default()).unwrap();
     let (_ta, a_tls) = site_key_in_token(dir.path(), &mut ca, "site-a", KeyAlgorithm::EcP384);
-    let (_tb, b_tls) = site_key_in_token(dir.path(), &mut ca, "site-b", KeyAlgorithm::EcP256);
+    // B's key is ML-DSA-65, sealed in the token (SoftHSM2 2.6 has no ML-DSA mechanism).
+    let (_tb, b_tls) = site_key_in_token(dir.path(), &mut ca, "site-b", KeyAlgorithm::MlDsa65);
     // No key files exist: the handshake signatures can only come from the tokens.
     assert!(!dir.path().join("site-a.key").exists());
     let (mut a, mut b) = testbed::pair_configs(dir.path(), "tls").unwrap();
@@ -362,8 +365,8 @@ fn site_keys_in_softhsm_tokens_carry_a_forwarded_service() {
         qa.log_tail()
     );
     assert!(
-        log_line(&qa, &["peer authenticated", "ECDSA_NISTP256_SHA256"]),
-        "A verified B's P-256 signature"
+        log_line(&qa, &["peer authenticated", "ML-DSA-65", "ML_DSA_65"]),
+        "A verified B's ML-DSA-65 signature"
     );
     assert!(
         log_line(&qb, &["peer authenticated", "ECDSA_NISTP384_SHA384"]),

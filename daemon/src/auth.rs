@@ -307,6 +307,31 @@ impl TrustSettings {
         Ok(self)
     }
 
+    /// Fills the CRL cache in the background (tokio's blocking pool) from the distribution points of
+    /// `certs` (our own chain: peers from the same CA share its CRL) and the configured intermediates, so
+    /// the first handshake does not wait for a fetch. Does nothing outside a runtime or without fetching.
+    pub fn prefetch_crls(&self, certs: &[CertificateDer<'static>]) {
+        let Some(v) = &self.verifier else { return };
+        let Some(cache) = v.as_client.crl_cache.clone() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut certs: Vec<qsi_pki::validate::Cert> = certs
+            .iter()
+            .filter_map(|c| qsi_pki::validate::Cert::from_der(c).ok())
+            .collect();
+        certs.extend(v.as_client.intermediates.iter().cloned());
+        rt.spawn_blocking(move || {
+            let n = cache.crls_for(&certs, SystemTime::now()).len();
+            tracing::info!(
+                crls = n,
+                "CRLs of our own chain and intermediates prefetched"
+            );
+        });
+    }
+
     /// The verifier (the seam) for these settings; built once, so its CRL cache is shared.
     pub fn verifier(&self) -> Result<Arc<dyn PeerVerifier>, TrustError> {
         match &self.verifier {

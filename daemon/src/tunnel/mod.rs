@@ -353,6 +353,7 @@ impl Daemon {
             &cfg.credentials,
             tls::verifier_for(&cfg.trust)?,
         )?);
+        cfg.trust.prefetch_crls(&cfg.credentials.chain);
         let endpoint = match cfg.listen_quic {
             Some(addr) => quinn::Endpoint::server(quic_server(&cfg)?, addr).with_context(|| {
                 format!("cannot bind listen.quic {addr} (UDP); is another qsid running?")
@@ -1040,6 +1041,7 @@ impl Daemon {
             &new.credentials,
             tls::verifier_for(&new.trust)?,
         )?);
+        new.trust.prefetch_crls(&new.credentials.chain);
         if new.listen_quic.is_some() && old.listen_quic.is_some() {
             self.endpoint.set_server_config(Some(quic_server(&new)?));
         }
