@@ -11,7 +11,7 @@
 //! which stays in the HSM. When the last key of a batch is delivered, the wrapped data key is deleted, so
 //! stale copy-on-write pages that still hold ciphertext hold nothing decryptable without it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -497,6 +497,19 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The slot of every live key, by key_ID, read from the live table.
+fn live_slots(db: &Database) -> Result<HashMap<String, u128>, KmsError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let mut out = HashMap::new();
+    if let Ok(t) = txn.open_table(LIVE) {
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.insert(LiveRow::decode(v.value())?.id.to_string(), k.value());
+        }
+    }
+    Ok(out)
+}
+
 /// Moves the rows of the first version's per-key tables (keyed by key_ID, JSON) into the slot-keyed
 /// tables and drops the old ones. Returns the rows moved (0 for a file written by this version).
 fn migrate_v1_rows(txn: &redb::WriteTransaction) -> Result<u64, KmsError> {
@@ -617,6 +630,9 @@ struct Writer {
     head: Head,
     /// Sequence number of the next delivery row.
     next_spent: u64,
+    /// The slot of every live key, by key_ID: the live table's keys, mirrored in memory so that a
+    /// delivery finds its rows without a B-tree lookup. Only the writer changes either.
+    live: HashMap<String, u128>,
 }
 
 impl Writer {
@@ -646,6 +662,13 @@ impl Writer {
                 }
                 Err(e) => {
                     (self.head, self.next_spent) = saved;
+                    // the transaction was rolled back: so must the mirror of the live table be
+                    match live_slots(&self.db) {
+                        Ok(m) => self.live = m,
+                        Err(e) => {
+                            warn!(error = %e, "cannot reload the live keys after a failed commit")
+                        }
+                    }
                     warn!(error = %e, "key store commit failed; every caller in the group gets an error");
                     let msg = e.to_string();
                     for r in replies {
@@ -796,9 +819,7 @@ impl Writer {
             Op::Announce { link, ids, mark } => {
                 if mark {
                     for id in &ids {
-                        let Some(slot) =
-                            t.index.get(id.as_str()).map_err(db_err)?.map(|v| v.value())
-                        else {
+                        let Some(&slot) = self.live.get(id.as_str()) else {
                             continue;
                         };
                         let row = t
@@ -825,10 +846,8 @@ impl Writer {
                 let mut slots = Vec::with_capacity(key_ids.len());
                 let mut per_batch: BTreeMap<u64, (String, u32)> = BTreeMap::new();
                 for id in &key_ids {
-                    let slot = t.index.get(id.as_str()).map_err(db_err)?.map(|v| v.value());
-                    let slot = match slot {
-                        Some(s) if t.live.get(s).map_err(db_err)?.is_some() => s,
-                        _ => return Err(KmsError::NotAvailable(id.clone())),
+                    let Some(&slot) = self.live.get(id.as_str()) else {
+                        return Err(KmsError::NotAvailable(id.clone()));
                     };
                     let (batch, _) = unslot(slot);
                     match per_batch.get_mut(&batch) {
@@ -852,7 +871,10 @@ impl Writer {
                 let mut per_link: BTreeMap<&str, Vec<String>> = BTreeMap::new();
                 for (key_id, slot) in key_ids.into_iter().zip(slots) {
                     let (batch, _) = unslot(slot);
-                    t.live.remove(slot).map_err(db_err)?;
+                    if t.live.remove(slot).map_err(db_err)?.is_none() {
+                        return Err(corrupt("live key", format!("{key_id}: no row in its slot")));
+                    }
+                    self.live.remove(&key_id);
                     let row = SpentRow {
                         batch,
                         at_ms: now,
@@ -1098,6 +1120,7 @@ impl Writer {
                 .encode()?;
                 t.live.insert(slot, row.as_slice()).map_err(db_err)?;
                 t.index.insert(id.as_str(), slot).map_err(db_err)?;
+                self.live.insert(id.clone(), slot);
             }
             b.wrapped_dk = Some(hex::encode(wrapped));
             b.live = out.accepted.len() as u32;
@@ -1307,6 +1330,7 @@ impl Store {
             opts,
             head,
             next_spent,
+            live: live_slots(&db)?,
         };
         let writer = std::thread::Builder::new()
             .name("kms-store-writer".into())
