@@ -9,14 +9,17 @@
 //!   policies, revocation) behind [`crate::auth`], which also holds the one rustls verifier the tunnels and
 //!   the portal share (identity, key policy, handshake signatures).
 
+use std::fmt;
 use std::sync::Arc;
 
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::auth::{KeyPolicy, PeerCertVerifier, PeerCheck, TrustSettings};
 pub use crate::auth::{PeerRole, PeerVerifier, cert_identities, has_identity};
 use crate::config::{Credentials, Identity, KxGroup, PeerConfig};
+use crate::qkd::kx::{QkdHandshake, qkd_base, qkd_group_name};
+use crate::qkd::{QkdKeyLookup, QkdKeySource, QkdKxError, QkdPolicy};
 
 /// ALPN of the long-lived control connection.
 pub const ALPN_CONTROL: &[u8] = b"qsi-ctl/1";
@@ -35,6 +38,9 @@ pub enum TlsError {
     /// The trust settings could not be turned into a validator.
     #[error("trust settings: {0}")]
     Trust(#[from] crate::auth::TrustError),
+    /// The peer link requires QKD and no key could be taken for this connection.
+    #[error("QKD required but unavailable: {0}")]
+    Qkd(#[from] QkdKxError),
 }
 
 /// The rustls group object of one of our groups.
@@ -107,7 +113,22 @@ pub fn client_config(
     verifier: Arc<dyn PeerVerifier>,
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = Arc::new(provider_for(&peer.key_exchange));
+    build_client_config(
+        peer,
+        creds,
+        verifier,
+        alpn,
+        Arc::new(provider_for(&peer.key_exchange)),
+    )
+}
+
+fn build_client_config(
+    peer: &PeerConfig,
+    creds: &Credentials,
+    verifier: Arc<dyn PeerVerifier>,
+    alpn: &[u8],
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let algs = provider.signature_verification_algorithms;
     let check = PeerCheck::Peers {
         chain: verifier,
@@ -125,6 +146,108 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// QKD for the dials of one peer link: where its keys come from and what to do without one.
+#[derive(Debug, Clone)]
+pub struct ClientQkd {
+    /// The link's announced keys.
+    pub source: Arc<dyn QkdKeySource>,
+    /// `require` (no key, no connection) or `prefer` (fall back to the hybrid alone).
+    pub policy: QkdPolicy,
+}
+
+/// A client config for ONE data-connection dial, with that connection's QKD state.
+#[derive(Debug)]
+pub struct QkdClientConfig {
+    /// The rustls config; build it per dial, do not reuse it for another connection.
+    pub config: rustls::ClientConfig,
+    /// Present when the QKD group is offered: after the handshake, [`QkdHandshake::used`] names the key
+    /// and [`QkdHandshake::check_peer_sae`] checks the peer; [`QkdHandshake::wasted`] reports a key the
+    /// server did not take (it chose the plain group).
+    pub qkd: Option<QkdHandshake>,
+    /// Set under `prefer` when no key could be taken: why this dial goes on with the hybrid alone.
+    pub fallback: Option<QkdKxError>,
+}
+
+/// Client config for one dial with QKD (`None`: exactly [`client_config`]).
+///
+/// A key is taken from the source now. Under `require` only the QKD variant of the peer's first group is
+/// offered, and no key means [`TlsError::Qkd`]. Under `prefer` the QKD variant comes first and the peer's
+/// plain groups follow (a server without our group answers with a HelloRetryRequest for a plain one, and
+/// the taken key is written off, see [`crate::qkd::kx`]); with no key, only the plain groups are offered
+/// and `fallback` says why.
+pub fn client_config_qkd(
+    peer: &PeerConfig,
+    creds: &Credentials,
+    verifier: Arc<dyn PeerVerifier>,
+    alpn: &[u8],
+    qkd: Option<&ClientQkd>,
+) -> Result<QkdClientConfig, TlsError> {
+    let Some(q) = qkd else {
+        return Ok(QkdClientConfig {
+            config: client_config(peer, creds, verifier, alpn)?,
+            qkd: None,
+            fallback: None,
+        });
+    };
+    let first = peer
+        .key_exchange
+        .first()
+        .copied()
+        .unwrap_or(KxGroup::X25519MlKem768);
+    let key = match q.source.take() {
+        Ok(k) => k,
+        Err(e) if q.policy == QkdPolicy::Prefer => {
+            return Ok(QkdClientConfig {
+                config: client_config(peer, creds, verifier, alpn)?,
+                qkd: None,
+                fallback: Some(e),
+            });
+        }
+        Err(e) => return Err(TlsError::Qkd(e)),
+    };
+    let hs = QkdHandshake::client(&[first], key, q.source.clone());
+    let mut provider = provider_for(&peer.key_exchange);
+    let mut groups = hs.groups();
+    if q.policy == QkdPolicy::Prefer {
+        groups.extend(provider.kx_groups.iter().copied());
+    }
+    provider.kx_groups = groups;
+    let verifier = Arc::new(LeasedVerifier {
+        inner: verifier,
+        _lease: hs.keep_alive(),
+    });
+    Ok(QkdClientConfig {
+        config: build_client_config(peer, creds, verifier, alpn, Arc::new(provider))?,
+        qkd: Some(hs),
+        fallback: None,
+    })
+}
+
+/// A chain verifier that also keeps a connection's QKD cells leased for as long as its config lives.
+struct LeasedVerifier {
+    inner: Arc<dyn PeerVerifier>,
+    _lease: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl fmt::Debug for LeasedVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl PeerVerifier for LeasedVerifier {
+    fn verify_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        role: PeerRole,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        self.inner
+            .verify_chain(end_entity, intermediates, role, now)
+    }
+}
+
 /// Server config for every peer: the union of the peers' groups (each connection is then checked against its
 /// own peer's policy by [`check_policy`]), client certificates required, no tickets.
 pub fn server_config(
@@ -132,6 +255,12 @@ pub fn server_config(
     creds: &Credentials,
     verifier: Arc<dyn PeerVerifier>,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    let groups = union_groups(peers);
+    build_server_config(peers, creds, verifier, Arc::new(provider_for(&groups)))
+}
+
+/// The groups of all peers, in first-seen order; X25519MLKEM768 when there are no peers.
+fn union_groups(peers: &[PeerConfig]) -> Vec<KxGroup> {
     let mut groups: Vec<KxGroup> = Vec::new();
     for g in peers.iter().flat_map(|p| p.key_exchange.iter()) {
         if !groups.contains(g) {
@@ -141,8 +270,16 @@ pub fn server_config(
     if groups.is_empty() {
         groups.push(KxGroup::X25519MlKem768);
     }
+    groups
+}
+
+fn build_server_config(
+    peers: &[PeerConfig],
+    creds: &Credentials,
+    verifier: Arc<dyn PeerVerifier>,
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ServerConfig, TlsError> {
     // AES-256 only when every peer is CNSA; otherwise check_policy holds each CNSA peer to AES-256.
-    let provider = Arc::new(provider_for(&groups));
     let algs = provider.signature_verification_algorithms;
     let check = PeerCheck::Peers {
         chain: verifier,
@@ -161,6 +298,37 @@ pub fn server_config(
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.max_early_data_size = 0;
     Ok(cfg)
+}
+
+/// Server config for ONE accepted connection, offering the QKD variants of the peers' groups (before the
+/// plain ones) when `lookup` is given. Returns the connection's [`QkdHandshake`]: after the handshake it
+/// names the key used ([`QkdHandshake::used`], then [`QkdHandshake::check_peer_sae`] with the `sae_id` of
+/// the peer the certificate matched), or after a refusal says why ([`QkdHandshake::failure`]).
+///
+/// TLS: `TlsAcceptor::from(Arc::new(config))` per connection. QUIC: [`quic_server_config_for`] and
+/// `Incoming::accept_with`. The client's order decides the group, so plain dials (control connections,
+/// `prefer` without a key) still get the plain hybrid.
+pub fn server_config_qkd(
+    peers: &[PeerConfig],
+    creds: &Credentials,
+    verifier: Arc<dyn PeerVerifier>,
+    lookup: Option<Arc<dyn QkdKeyLookup>>,
+) -> Result<(rustls::ServerConfig, Option<QkdHandshake>), TlsError> {
+    let Some(lookup) = lookup else {
+        return Ok((server_config(peers, creds, verifier)?, None));
+    };
+    let plain = union_groups(peers);
+    let hs = QkdHandshake::server(&plain, lookup);
+    let mut provider = provider_for(&plain);
+    let mut groups = hs.groups();
+    groups.extend(provider.kx_groups.iter().copied());
+    provider.kx_groups = groups;
+    let verifier = Arc::new(LeasedVerifier {
+        inner: verifier,
+        _lease: hs.keep_alive(),
+    });
+    let cfg = build_server_config(peers, creds, verifier, Arc::new(provider))?;
+    Ok((cfg, Some(hs)))
 }
 
 fn quic_initial_suite() -> Result<rustls::quic::Suite, TlsError> {
@@ -186,6 +354,17 @@ pub fn quic_server_config(
         .map_err(|e| TlsError::QuicInitial(e.to_string()))
 }
 
+/// A per-connection QUIC server config: `base` (the endpoint's, with its transport settings) carrying
+/// `tls` (from [`server_config_qkd`]); pass it to `quinn::Incoming::accept_with`.
+pub fn quic_server_config_for(
+    base: &quinn::ServerConfig,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut cfg = base.clone();
+    cfg.crypto = Arc::new(quic_server_config(tls)?);
+    Ok(cfg)
+}
+
 /// The chain verifier of a config: the PKI validator built when the config was loaded (one CRL cache for
 /// every handshake until the next reload).
 pub fn verifier_for(trust: &TrustSettings) -> Result<Arc<dyn PeerVerifier>, TlsError> {
@@ -201,18 +380,55 @@ pub fn key_policy(peer: &PeerConfig) -> KeyPolicy {
     }
 }
 
-/// After a handshake: the negotiated group and suite must be in this peer's policy. Returns the group.
+/// What a handshake negotiated: the base group, and whether a QKD key was in the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NegotiatedKx {
+    /// The hybrid (or ML-KEM) group underneath.
+    pub group: KxGroup,
+    /// True when the QKD variant was negotiated (the QKD key entered the key schedule).
+    pub qkd: bool,
+}
+
+impl fmt::Display for NegotiatedKx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.qkd {
+            f.write_str(&qkd_group_name(self.group))
+        } else {
+            f.write_str(self.group.name())
+        }
+    }
+}
+
+/// Our group (plain or QKD variant) for a negotiated rustls group, `None` for anything else.
+pub fn negotiated_kx(named: rustls::NamedGroup) -> Option<NegotiatedKx> {
+    our_group(named)
+        .map(|group| NegotiatedKx { group, qkd: false })
+        .or_else(|| qkd_base(named).map(|group| NegotiatedKx { group, qkd: true }))
+}
+
+/// After a handshake: the negotiated group and suite must be in this peer's policy. Returns the base group
+/// (the QKD variant of a group in the policy is accepted too; [`check_policy_kx`] says whether QKD was in).
 pub fn check_policy(
     peer: &PeerConfig,
     group: Option<rustls::NamedGroup>,
     suite: Option<rustls::CipherSuite>,
 ) -> Result<KxGroup, String> {
-    let g = group
-        .and_then(our_group)
+    check_policy_kx(peer, group, suite).map(|n| n.group)
+}
+
+/// [`check_policy`], reporting the base group and whether the QKD key was in the handshake. Whether QKD
+/// was *required* is the caller's policy (a `require` data connection refuses `qkd == false`).
+pub fn check_policy_kx(
+    peer: &PeerConfig,
+    group: Option<rustls::NamedGroup>,
+    suite: Option<rustls::CipherSuite>,
+) -> Result<NegotiatedKx, String> {
+    let n = group
+        .and_then(negotiated_kx)
         .ok_or_else(|| format!("negotiated group {group:?} is not post-quantum"))?;
-    if !peer.key_exchange.contains(&g) {
+    if !peer.key_exchange.contains(&n.group) {
         return Err(format!(
-            "negotiated group {g} is not in peer {}'s key_exchange policy",
+            "negotiated group {n} is not in peer {}'s key_exchange policy",
             peer.name
         ));
     }
@@ -224,7 +440,7 @@ pub fn check_policy(
             "CNSA profile needs TLS13_AES_256_GCM_SHA384, got {suite:?}"
         ));
     }
-    Ok(g)
+    Ok(n)
 }
 
 /// Finds the peer whose identity the presented end-entity certificate carries.

@@ -23,8 +23,10 @@
 //! assert_eq!(lookup.len(), 1);
 //! ```
 
-// kx: the key-exchange group (next commit)
 pub mod kms;
+pub mod kx;
+
+pub use kx::QkdHandshake;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
