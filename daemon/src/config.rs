@@ -157,6 +157,8 @@ pub struct RawConfig {
     pub expose: Vec<RawExpose>,
     /// The site's KMS, run inside qsid (QKD keys for the tunnels).
     pub kms: Option<RawKms>,
+    /// The login portal qsid hosts (the keys of a standalone portal.toml, under `[portal]`).
+    pub portal: Option<crate::portal::config::RawConfig>,
 }
 
 /// `[kms]`: the KMS qsid runs in-process.
@@ -587,6 +589,8 @@ pub struct Config {
     pub exposes: Vec<Expose>,
     /// The in-process KMS, if configured.
     pub kms: Option<KmsSite>,
+    /// The login portal, when qsid hosts it.
+    pub portal: Option<crate::portal::PortalConfig>,
 }
 
 impl Config {
@@ -1051,6 +1055,19 @@ impl RawConfig {
         }
 
         check_own_key_policy(&credentials, &peers)?;
+        let portal = self
+            .portal
+            .map(|p| {
+                crate::portal::PortalConfig::validate(p, base).map_err(|e| match e {
+                    crate::portal::config::ConfigError::Field { field, message } => invalid(
+                        format!("portal.{field}"),
+                        message,
+                        "see config/portal/portal.toml for the keys of [portal]",
+                    ),
+                    other => invalid("portal", other.to_string(), "fix the [portal] section"),
+                })
+            })
+            .transpose()?;
         Ok(Config {
             site: self.site,
             listen_quic,
@@ -1063,6 +1080,7 @@ impl RawConfig {
             forwards,
             exposes,
             kms,
+            portal,
         })
     }
 }

@@ -39,6 +39,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot bind metrics.listen {addr}; pick a free port"))?;
         tokio::spawn(serve_metrics(d.clone(), l));
     }
+    // The login portal, when the site config has a [portal] section (stopped when `_portal` drops).
+    let _portal = match cfg.portal.clone() {
+        Some(p) => {
+            let running = crate::portal::server::start(p).await?;
+            eprintln!("qsid: portal listening on {}", running.addr);
+            Some(running)
+        }
+        None => None,
+    };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -650,8 +650,37 @@ fn pem_or_der(bytes: &[u8], label: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Builds the portal a config describes (store, PKI validator, TLS) and serves until the process ends.
-pub async fn serve_config(config: PortalConfig) -> anyhow::Result<()> {
+/// A portal started by [`start`]: its address; dropping it stops the portal and its admin socket.
+#[derive(Debug)]
+pub struct RunningPortal {
+    /// Where the portal listens.
+    pub addr: SocketAddr,
+    /// The access admin socket.
+    pub admin_socket: std::path::PathBuf,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl RunningPortal {
+    /// Waits until the portal's accept loop fails.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        (&mut self.server).await??;
+        Ok(())
+    }
+}
+
+impl Drop for RunningPortal {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.admin.abort();
+        let _ = std::fs::remove_file(&self.admin_socket);
+    }
+}
+
+/// Builds the portal a config describes (store, PKI validator, TLS), binds its listener and its access
+/// admin socket, and serves them in the background: `qsi access serve` and qsid's `[portal]` both start
+/// it here.
+pub async fn start(config: PortalConfig) -> anyhow::Result<RunningPortal> {
     let mut anchors = Vec::new();
     for p in &config.anchors {
         anchors.extend(pem_or_der(&read(p, "trust anchor")?, "CERTIFICATE"));
@@ -708,11 +737,19 @@ pub async fn serve_config(config: PortalConfig) -> anyhow::Result<()> {
         portal.clone(),
         super::admin::bind(&socket)?,
     ));
+    let server = tokio::spawn(portal.serve(listener, Arc::new(tls)));
     tracing::info!(%addr, socket = %socket.display(), "login portal listening");
-    println!("portal listening on {addr}");
-    let served = portal.serve(listener, Arc::new(tls)).await;
-    admin.abort();
-    let _ = std::fs::remove_file(&socket);
-    served?;
-    Ok(())
+    Ok(RunningPortal {
+        addr,
+        admin_socket: socket,
+        server,
+        admin,
+    })
+}
+
+/// Runs the portal a config describes until the process ends (`qsi access serve`).
+pub async fn serve_config(config: PortalConfig) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    println!("portal listening on {}", running.addr);
+    running.wait().await
 }

@@ -1032,6 +1032,9 @@ impl Daemon {
         if new.admin_socket != old.admin_socket {
             sum.needs_restart.push("admin.socket".into());
         }
+        if new.portal != old.portal {
+            sum.needs_restart.push("portal".into());
+        }
         if new.metrics_listen != old.metrics_listen {
             sum.needs_restart.push("metrics.listen".into());
         }
