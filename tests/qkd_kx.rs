@@ -476,11 +476,19 @@ async fn tls_policies_against_a_server_without_qkd() {
     .unwrap_err();
     assert!(err.to_string().contains("QKD required"), "{err}");
 
+    // prefer + a QKD-capable server: the QKD group wins, no retry, no waste.
+    let (c, s) = a_to_b(&sites, as_lookup(&lookup), Some(&prefer)).await;
+    assert!(c.result.as_ref().unwrap().0.qkd, "{c:?}");
+    assert!(s.result.unwrap().0.qkd);
+    assert!(c.qkd.as_ref().unwrap().wasted().is_none());
+    assert_eq!(s.qkd.unwrap().used(), c.qkd.unwrap().used());
+    assert_eq!(lookup.len(), 2);
+
     // A QKD-capable server still serves plain dials (control connections, prefer without a key).
     let (c, s) = a_to_b(&sites, as_lookup(&lookup), None).await;
     assert!(!c.result.unwrap().0.qkd);
     assert!(s.qkd.unwrap().used().is_none());
-    assert_eq!(lookup.len(), 3);
+    assert_eq!(lookup.len(), 2);
 }
 
 // ---------- QUIC ----------
