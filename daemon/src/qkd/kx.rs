@@ -601,6 +601,34 @@ mod tests {
         assert!(encode_client_share(&hybrid, "a", &"x".repeat(MAX_ID_LEN + 1)).is_err());
     }
 
+    proptest::proptest! {
+        /// Any byte string parses or is refused (never a panic), and what parses re-encodes to itself.
+        #[test]
+        fn share_parser_is_total_and_exact(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            base_i in 0usize..3,
+        ) {
+            let base = BASES[base_i];
+            let mut data = vec![3u8; hybrid_client_share_len(base)];
+            data.extend_from_slice(&tail);
+            if let Ok(s) = decode_client_share(base, &data) {
+                let wire = encode_client_share(s.hybrid, s.master_sae_id, s.key_id).unwrap();
+                proptest::prop_assert_eq!(wire, data);
+            }
+            let _ = decode_client_share(base, &tail);
+        }
+
+        /// Every valid pair of IDs round-trips.
+        #[test]
+        fn share_roundtrip(sae in "[!-~]{1,128}", id in "[!-~]{1,128}") {
+            let base = KxGroup::Secp256r1MlKem768;
+            let hybrid = vec![9u8; hybrid_client_share_len(base)];
+            let wire = encode_client_share(&hybrid, &sae, &id).unwrap();
+            let d = decode_client_share(base, &wire).unwrap();
+            proptest::prop_assert_eq!((d.master_sae_id, d.key_id), (sae.as_str(), id.as_str()));
+        }
+    }
+
     /// The group's output is exactly the hybrid secret followed by the QKD key, on each side. The other
     /// side of each exchange is the plain base group, so the hybrid part is computed independently of ours.
     #[test]
