@@ -39,9 +39,27 @@ struct Sites {
 
 impl Sites {
     fn new(transport: &str) -> Sites {
+        Sites::with(transport, false)
+    }
+
+    /// `cnsa`: every site holds an ML-DSA-87 certificate and every peer link is MLKEM1024 only.
+    fn with(transport: &str, cnsa: bool) -> Sites {
         let dir = tempfile::tempdir().unwrap();
-        testbed::write_pki(dir.path(), &["site-a", "site-b", "site-c"]).unwrap();
-        let (a, mut b) = testbed::pair_configs(dir.path(), transport).unwrap();
+        let sites = ["site-a", "site-b", "site-c"];
+        let mut opts = testbed::PkiOptions::default();
+        if cnsa {
+            opts.site_algs = sites
+                .iter()
+                .map(|s| (s.to_string(), &rcgen::PKCS_ML_DSA_87))
+                .collect();
+        }
+        testbed::write_test_pki(dir.path(), &sites, &opts).unwrap();
+        let (mut a, mut b) = testbed::pair_configs(dir.path(), transport).unwrap();
+        if cnsa {
+            for p in a.peers.iter_mut().chain(b.peers.iter_mut()) {
+                p.key_exchange = Some(vec!["MLKEM1024".into()]);
+            }
+        }
         let mut c = a.clone();
         c.site = "site-c".into();
         let mut peer_c = b.peers[0].clone();
@@ -666,4 +684,24 @@ async fn quic_three_source_handshake_and_refusals() {
     assert!(!c.result.unwrap().0.qkd);
     assert!(c.qkd.unwrap().wasted().is_some());
     assert_eq!(source.len(), 0);
+}
+
+/// CNSA 2.0: ML-DSA-87 certificates, MLKEM1024 + QKD, AES-256, over both transports.
+#[tokio::test]
+async fn cnsa_profile_with_qkd_over_tls_and_quic() {
+    for transport in ["tls", "quic"] {
+        let sites = Sites::with(transport, true);
+        let (source, lookup) = link();
+        let (c, s) = if transport == "tls" {
+            a_to_b(&sites, as_lookup(&lookup), Some(&require(&source))).await
+        } else {
+            quic_once(&sites, as_lookup(&lookup), Some(&require(&source))).await
+        };
+        let (n, _) = c.result.as_ref().expect("client handshake");
+        assert_eq!((n.group, n.qkd), (KxGroup::MlKem1024, true), "{transport}");
+        assert_eq!(n.to_string(), "MLKEM1024+QKD");
+        assert!(s.result.as_ref().unwrap().0.qkd);
+        assert_eq!(c.qkd.unwrap().used(), s.qkd.unwrap().used());
+        assert_eq!((source.len(), lookup.len()), (2, 2));
+    }
 }
