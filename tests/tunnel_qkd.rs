@@ -281,6 +281,149 @@ fn announced_key_ids_fill_both_reserves_and_qsi_kms_reaches_the_kms_in_qsid() {
     drop(s);
 }
 
+/// Waits until `key_id` shows `n` `used-in-handshake` records in a KMS's audit log (they are written
+/// after the handshake, asynchronously).
+fn wait_used(cfg: &Path, key_id: &str, n: usize) -> Vec<Value> {
+    let t = std::time::Instant::now();
+    loop {
+        let ev = audit_events(cfg);
+        if count_ids(&ev, "used-in-handshake", key_id) >= n || t.elapsed() > Duration::from_secs(10)
+        {
+            return ev;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn three_sources(transport: &str) {
+    need_softhsm();
+    let rt = runtime();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let s = sim(dir, None);
+    let p = start_pair(
+        &rt,
+        dir,
+        &Setup {
+            transport,
+            policy: "require",
+            kmes: (s.alice, s.bob),
+            peer_extra_a: "",
+            kms_extra_a: "",
+        },
+    );
+    let pa = p.wait_peer(true, "the tunnel never came up with a QKD key", 30, |v| {
+        v["state"] == "connected" && v["qkd"]["keys_used"].as_u64() >= Some(1)
+    });
+    assert_eq!(pa["group"], "X25519MLKEM768+QKD", "three sources: {pa:#}");
+    rt.block_on(roundtrip(p.a_to_b, 256 * 1024)).unwrap();
+    let pb = p.wait_peer(false, "B never used a QKD key", 10, |v| {
+        v["state"] == "connected" && v["qkd"]["keys_used"].as_u64() >= Some(1)
+    });
+    assert_eq!(pb["group"], "X25519MLKEM768+QKD", "{pb:#}");
+    let used_a: Vec<String> = serde_json::from_value(pa["qkd"]["last_key_ids"].clone()).unwrap();
+    let used_b: Vec<String> = serde_json::from_value(pb["qkd"]["last_key_ids"].clone()).unwrap();
+    assert_eq!(used_a.len(), 1, "{pa:#}");
+    assert_eq!(
+        used_a, used_b,
+        "both sides keyed the data connection with the same QKD key"
+    );
+    let key_id = &used_a[0];
+
+    // each KMS audit log: the key claimed by the tunnel once and used in exactly one handshake
+    for (cfg, consumer) in [
+        (&p.kms_a.config, "tunnel:site-b"),
+        (&p.kms_b.config, "tunnel:site-a"),
+    ] {
+        let ev = wait_used(cfg, key_id, 1);
+        assert_eq!(
+            count_ids(&ev, "used-in-handshake", key_id),
+            1,
+            "{cfg:?}: {ev:?}"
+        );
+        assert_eq!(
+            count_ids(&ev, "delivered-keys", key_id),
+            1,
+            "claimed once: {cfg:?}"
+        );
+        assert!(claimed(&ev, consumer).contains(key_id), "{cfg:?}");
+    }
+    let m = p.metrics_a();
+    assert!(
+        m.contains("qsi_qkd_keys_used_total{site=\"site-a\",peer=\"site-b\",link=\"ab\",policy=\"require\"} 1"),
+        "{m}"
+    );
+    // never again: a second session (the peer restarts) keys its data connection with another key,
+    // and the first key still has exactly one use on each side
+    let mut p = p;
+    p.b.kill();
+    p.b = Qsid::start(QSID.as_ref(), &p.dir.join("site-b.toml")).unwrap();
+    let pa2 = p.wait_peer(true, "no second QKD-keyed session", 40, |v| {
+        v["state"] == "connected" && v["qkd"]["keys_used"].as_u64() >= Some(2)
+    });
+    let used2: Vec<String> = serde_json::from_value(pa2["qkd"]["last_key_ids"].clone()).unwrap();
+    assert_eq!(used2.len(), 2, "{pa2:#}");
+    assert_ne!(used2[0], used2[1], "a fresh key for the new session");
+    rt.block_on(roundtrip(p.a_to_b, 1024)).unwrap();
+    let ev = wait_used(&p.kms_a.config, &used2[1], 1);
+    assert_eq!(count_ids(&ev, "used-in-handshake", key_id), 1);
+    drop(p);
+    drop(s);
+}
+
+#[test]
+fn three_sources_over_quic_forward_a_service_and_use_each_key_once() {
+    three_sources("quic");
+}
+
+#[test]
+fn three_sources_over_tls_forward_a_service_and_use_each_key_once() {
+    three_sources("tls");
+}
+
+#[test]
+fn a_wrong_key_for_the_right_id_fails_the_handshake() {
+    need_softhsm();
+    let rt = runtime();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // FAULT INJECTOR: Bob's KME answers dec_keys with the right IDs and wrong key bytes, so B's KMS holds
+    // a different key under each announced ID than A's (a healthy simulator never does this)
+    let s = sim(dir, Some("wrong-key"));
+    let p = start_pair(
+        &rt,
+        dir,
+        &Setup {
+            transport: "quic",
+            policy: "require",
+            kmes: (s.alice, s.bob),
+            peer_extra_a: "",
+            kms_extra_a: "",
+        },
+    );
+    // the reserves fill (IDs match), but every data handshake fails: the QKD key enters the secret
+    let pa = p.wait_peer(true, "no failed QKD handshake reported", 30, |v| {
+        v["qkd"]["handshake_failures"].as_u64() >= Some(2)
+    });
+    assert_ne!(pa["state"], "connected", "{pa:#}");
+    assert!(pa["group"].is_null(), "{pa:#}");
+    assert!(
+        pa["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("data handshake with a QKD key failed"),
+        "{pa:#}"
+    );
+    assert_eq!(
+        p.peer(false)["group"],
+        Value::Null,
+        "B never installed a data connection"
+    );
+    assert!(rt.block_on(roundtrip(p.a_to_b, 1024)).is_err());
+    let m = p.metrics_a();
+    assert!(m.contains("reason=\"qkd_handshake\"}"), "{m}");
+}
+
 #[test]
 fn require_fails_closed_without_a_kme_and_opens_once_keys_flow() {
     need_softhsm();
@@ -340,9 +483,11 @@ fn require_fails_closed_without_a_kme_and_opens_once_keys_flow() {
             ..SimOptions::default()
         },
     );
-    p.wait_peer(true, "the tunnel did not open once keys flowed", 40, |v| {
+    let up = p.wait_peer(true, "the tunnel did not open once keys flowed", 40, |v| {
         v["state"] == "connected"
     });
+    assert_eq!(up["group"], "X25519MLKEM768+QKD", "{up:#}");
+    assert_eq!(up["qkd"]["keys_used"], 1, "{up:#}");
     rt.block_on(roundtrip(p.a_to_b, 1024)).unwrap();
 }
 

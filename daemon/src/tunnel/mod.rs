@@ -30,6 +30,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, Forward, KxGroup, PeerConfig, Protocol, Transport};
 use crate::metrics::{Metrics, PeerCounters, inc};
+use crate::qkd::QkdHandshake;
 use crate::tls::{self, ALPN_CONTROL, ALPN_DATA};
 use flow::{FlowBytes, FlowRx, FlowTx, code};
 
@@ -68,6 +69,8 @@ pub struct DataEntry {
     conn: DataConn,
     /// Negotiated group.
     pub group: KxGroup,
+    /// The QKD key_ID in this connection's key schedule, if any.
+    pub qkd_key: Option<String>,
 }
 
 impl DataConn {
@@ -154,12 +157,13 @@ impl PeerRuntime {
 
     /// Makes `entry` the connection for new flows.
     fn install(&self, entry: DataEntry) {
-        self.metrics.set_group(
-            &self.cfg.name,
-            &self.cfg.transport.to_string(),
-            Some(entry.group.name()),
-        );
-        let g = entry.group.name().to_string();
+        let g = if entry.qkd_key.is_some() {
+            crate::qkd::kx::qkd_group_name(entry.group)
+        } else {
+            entry.group.name().to_string()
+        };
+        self.metrics
+            .set_group(&self.cfg.name, &self.cfg.transport.to_string(), Some(&g));
         self.set_status(|s| {
             s.state = "connected".into();
             s.group = Some(g);
@@ -534,8 +538,7 @@ impl Daemon {
                 };
                 let sni = tls::server_name_for(&rt.cfg).to_str().into_owned();
                 let ctl = quic_connect(&self.endpoint, qcfg(ALPN_CONTROL)?, addr, &sni).await?;
-                let group = quic_group(&rt.cfg, &ctl)
-                    .inspect_err(|_| ctl.close(0u32.into(), b"kx policy"))?;
+                quic_group(&rt.cfg, &ctl).inspect_err(|_| ctl.close(0u32.into(), b"kx policy"))?;
                 inc(&rt.counters.handshakes);
                 let (mut s, mut r) = ctl.open_bi().await.map_err(|e| e.to_string())?;
                 let peer_site = control::greet(&mut r, &mut s, &site)
@@ -545,22 +548,32 @@ impl Daemon {
                 let (ctl_run, _qkd_task) = control_session(rt, r, s);
                 let mut ctl_run = std::pin::pin!(ctl_run);
                 rt.set_status(|s| s.control_up = true);
-                let _qkd_key = tokio::select! {
+                let gate = tokio::select! {
                     e = &mut ctl_run => {
                         rt.set_status(|s| s.control_up = false);
                         return Err(format!("control connection: {e}"));
                     }
                     k = rt.qkd_gate() => k,
                 };
-                let data = quic_connect(&self.endpoint, qcfg(ALPN_DATA)?, addr, &sni).await?;
-                quic_group(&rt.cfg, &data)
+                let (dcfg, hs) = rt.data_client_config(&cfg, verifier.clone(), gate)?;
+                let mut dcfg = quinn::ClientConfig::new(Arc::new(
+                    tls::quic_client_config(dcfg).map_err(|e| e.to_string())?,
+                ));
+                dcfg.transport_config(transport_config(true));
+                let data = quic_connect(&self.endpoint, dcfg, addr, &sni)
+                    .await
+                    .map_err(|e| rt.data_dial_failed(e, hs.as_ref()))?;
+                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let (group, qkd_key) = rt
+                    .check_data_kx(quic_named_group(&data), None, hs.as_ref(), true, id)
                     .inspect_err(|_| data.close(0u32.into(), b"kx policy"))?;
                 inc(&rt.counters.handshakes);
-                info!(group = %group, "tunnel up");
+                info!(group = %group, qkd_key = ?qkd_key, "tunnel up");
                 let entry = DataEntry {
-                    id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+                    id,
                     conn: DataConn::Quic(data.clone()),
                     group,
+                    qkd_key,
                 };
                 rt.set_status(|s| s.control_up = true);
                 self.clone().serve_quic_data(rt.clone(), data.clone());
@@ -580,7 +593,7 @@ impl Daemon {
             }
             Transport::Tls => {
                 let ctl = tls_connect(&rt.cfg, client(ALPN_CONTROL)?, addr).await?;
-                let group = tls_group(&rt.cfg, ctl.get_ref().1)?;
+                tls_group(&rt.cfg, ctl.get_ref().1)?;
                 inc(&rt.counters.handshakes);
                 let (mut r, mut w) = tokio::io::split(ctl);
                 let peer_site = control::greet(&mut r, &mut w, &site)
@@ -590,22 +603,36 @@ impl Daemon {
                 let (ctl_run, _qkd_task) = control_session(rt, r, w);
                 let mut ctl_run = std::pin::pin!(ctl_run);
                 rt.set_status(|s| s.control_up = true);
-                let _qkd_key = tokio::select! {
+                let gate = tokio::select! {
                     e = &mut ctl_run => {
                         rt.set_status(|s| s.control_up = false);
                         return Err(format!("control connection: {e}"));
                     }
                     k = rt.qkd_gate() => k,
                 };
-                let data = tls_connect(&rt.cfg, client(ALPN_DATA)?, addr).await?;
-                tls_group(&rt.cfg, data.get_ref().1)?;
+                let (dcfg, hs) = rt.data_client_config(&cfg, verifier.clone(), gate)?;
+                let data = tls_connect(&rt.cfg, dcfg, addr)
+                    .await
+                    .map_err(|e| rt.data_dial_failed(e, hs.as_ref()))?;
+                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let (group, qkd_key) = {
+                    let c = data.get_ref().1;
+                    rt.check_data_kx(
+                        c.negotiated_key_exchange_group().map(|g| g.name()),
+                        c.negotiated_cipher_suite().map(|s| s.suite()),
+                        hs.as_ref(),
+                        true,
+                        id,
+                    )?
+                };
                 inc(&rt.counters.handshakes);
-                info!(group = %group, "tunnel up");
+                info!(group = %group, qkd_key = ?qkd_key, "tunnel up");
                 let (m, incoming) = mux::Mux::start(data, true);
                 let entry = DataEntry {
-                    id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+                    id,
                     conn: DataConn::Tls(m.clone()),
                     group,
+                    qkd_key,
                 };
                 rt.set_status(|s| s.control_up = true);
                 self.clone().serve_mux_incoming(rt.clone(), incoming);
@@ -637,7 +664,35 @@ impl Daemon {
             };
             let d = self.clone();
             tokio::spawn(async move {
-                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                let (connecting, hs) = match d.qkd_server_config() {
+                    None => (incoming.accept(), None),
+                    Some(Ok((tls, hs))) => {
+                        let cfg = quic_server(&d.config()).and_then(|base| {
+                            tls::quic_server_config_for(&base, tls).map_err(Into::into)
+                        });
+                        match cfg {
+                            Ok(c) => (incoming.accept_with(Arc::new(c)), hs),
+                            Err(e) => {
+                                warn!(error = %e, "cannot build the QKD server config; refusing");
+                                incoming.refuse();
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "cannot build the QKD server config; refusing");
+                        incoming.refuse();
+                        return;
+                    }
+                };
+                let connecting = match connecting {
+                    Ok(c) => c,
+                    Err(e) => {
+                        d.metrics.failure("-", failure_reason(&e.to_string()));
+                        return;
+                    }
+                };
+                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
                         d.metrics.failure("-", failure_reason(&e.to_string()));
@@ -649,12 +704,12 @@ impl Daemon {
                     }
                 };
                 drop(permit);
-                d.serve_quic_conn(conn).await;
+                d.serve_quic_conn(conn, hs).await;
             });
         }
     }
 
-    async fn serve_quic_conn(self: Arc<Self>, conn: quinn::Connection) {
+    async fn serve_quic_conn(self: Arc<Self>, conn: quinn::Connection, hs: Option<QkdHandshake>) {
         let alpn = conn
             .handshake_data()
             .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -705,11 +760,27 @@ impl Daemon {
             }
             Some(ALPN_DATA) => {
                 async move {
-                    info!("data connection accepted");
+                    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                    let qkd_key = match rt.check_data_kx(
+                        quic_named_group(&conn),
+                        None,
+                        hs.as_ref(),
+                        false,
+                        id,
+                    ) {
+                        Ok((_, k)) => k,
+                        Err(e) => {
+                            warn!(error = %e, "data connection refused");
+                            conn.close(quinn::VarInt::from_u32(code::CLOSING), e.as_bytes());
+                            return;
+                        }
+                    };
+                    info!(qkd_key = ?qkd_key, "data connection accepted");
                     let entry = DataEntry {
-                        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+                        id,
                         conn: DataConn::Quic(conn.clone()),
                         group,
+                        qkd_key,
                     };
                     self.clone().serve_quic_data(rt.clone(), conn.clone());
                     rt.install(entry.clone());
@@ -838,12 +909,22 @@ impl Daemon {
             let d = self.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(
-                    d.tls_server
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone(),
-                );
+                let (acceptor, hs) = match d.qkd_server_config() {
+                    None => (
+                        tokio_rustls::TlsAcceptor::from(
+                            d.tls_server
+                                .read()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .clone(),
+                        ),
+                        None,
+                    ),
+                    Some(Ok((cfg, hs))) => (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), hs),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "cannot build the QKD server config; refusing");
+                        return;
+                    }
+                };
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(s)) => s,
@@ -858,12 +939,16 @@ impl Daemon {
                     }
                 };
                 drop(permit);
-                d.serve_tls_conn(tls).await;
+                d.serve_tls_conn(tls, hs).await;
             });
         }
     }
 
-    async fn serve_tls_conn(self: Arc<Self>, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+    async fn serve_tls_conn(
+        self: Arc<Self>,
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        hs: Option<QkdHandshake>,
+    ) {
         let (_, conn) = tls.get_ref();
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         let certs: Vec<CertificateDer<'static>> = conn
@@ -900,12 +985,31 @@ impl Daemon {
             }
             Some(ALPN_DATA) => {
                 async move {
-                    info!("data connection accepted");
+                    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                    let checked = {
+                        let c = tls.get_ref().1;
+                        rt.check_data_kx(
+                            c.negotiated_key_exchange_group().map(|g| g.name()),
+                            c.negotiated_cipher_suite().map(|s| s.suite()),
+                            hs.as_ref(),
+                            false,
+                            id,
+                        )
+                    };
+                    let qkd_key = match checked {
+                        Ok((_, k)) => k,
+                        Err(e) => {
+                            warn!(error = %e, "data connection refused");
+                            return;
+                        }
+                    };
+                    info!(qkd_key = ?qkd_key, "data connection accepted");
                     let (m, incoming) = mux::Mux::start(tls, false);
                     let entry = DataEntry {
-                        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+                        id,
                         conn: DataConn::Tls(m.clone()),
                         group,
+                        qkd_key,
                     };
                     self.clone().serve_mux_incoming(rt.clone(), incoming);
                     rt.install(entry.clone());
@@ -1284,6 +1388,8 @@ where
     let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(4);
     let task = rt.qkd.clone().map(|q| {
+        // Before anything can dial: keys of an earlier session may not be held by the peer any more.
+        q.reset();
         let span = tracing::Span::current();
         if q.master {
             tokio::spawn(q.run_master(out_tx, in_rx).instrument(span))
@@ -1292,6 +1398,147 @@ where
         }
     });
     (control::run_with(r, w, out_rx, in_tx), AbortOnDrop(task))
+}
+
+impl Daemon {
+    /// A per-connection server config offering the QKD groups (`None` when this site takes no QKD keys):
+    /// the connection's [`QkdHandshake`] later says which key, if any, entered its key schedule.
+    fn qkd_server_config(
+        &self,
+    ) -> Option<anyhow::Result<(rustls::ServerConfig, Option<QkdHandshake>)>> {
+        let q = self.qkd.as_ref()?;
+        let cfg = self.config();
+        if !cfg.peers.iter().any(|p| p.qkd.is_some()) {
+            return None;
+        }
+        Some((|| {
+            let verifier = tls::verifier_for(&cfg.trust)?;
+            let lookup: Arc<dyn crate::qkd::QkdKeyLookup> =
+                Arc::new(crate::qkd::kms::KmsKeyLookup(q.clone()));
+            Ok(tls::server_config_qkd(
+                &cfg.peers,
+                &cfg.credentials,
+                verifier,
+                Some(lookup),
+            )?)
+        })())
+    }
+}
+
+impl PeerRuntime {
+    /// The client config of one data-connection dial: with the QKD key of `gate` (from
+    /// [`PeerRuntime::qkd_gate`]) when there is one, else the hybrid groups alone.
+    fn data_client_config(
+        &self,
+        cfg: &Config,
+        verifier: Arc<dyn tls::PeerVerifier>,
+        gate: Option<Arc<qkd::PeerQkd>>,
+    ) -> Result<(rustls::ClientConfig, Option<QkdHandshake>), String> {
+        let qkd = gate.map(|q| tls::ClientQkd {
+            source: Arc::new(crate::qkd::kms::KmsKeySource(q.clone())),
+            policy: q.cfg.policy,
+        });
+        let c = tls::client_config_qkd(
+            &self.cfg,
+            &cfg.credentials,
+            verifier,
+            ALPN_DATA,
+            qkd.as_ref(),
+        )
+        .map_err(|e| {
+            if let Some(q) = &self.qkd {
+                q.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            self.metrics.failure(&self.cfg.name, "qkd_no_key");
+            e.to_string()
+        })?;
+        if let (Some(why), Some(q)) = (&c.fallback, &self.qkd) {
+            q.fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.metrics.failure(&self.cfg.name, "qkd_fallback");
+            warn!(peer = %self.cfg.name, reason = %why, "no QKD key: qkd = prefer, so this data connection uses the hybrid key exchange alone");
+        }
+        Ok((c.config, c.qkd))
+    }
+
+    /// A data dial failed: say whether a QKD key was refused by the peer, and count it.
+    fn data_dial_failed(&self, e: String, hs: Option<&QkdHandshake>) -> String {
+        match hs {
+            Some(h) => {
+                if let Some(q) = &self.qkd {
+                    q.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                self.metrics.failure(&self.cfg.name, "qkd_handshake");
+                let why = h.failure().map(|f| format!(" ({f})")).unwrap_or_default();
+                format!("data handshake with a QKD key failed{why}: {e}")
+            }
+            None => e,
+        }
+    }
+
+    /// After a data handshake: the group must be in the peer's policy, and a QKD key must have entered
+    /// the key schedule under `require` and belong to the peer's SAE. Returns the base group and the key_ID;
+    /// records the key's use in the KMS audit log.
+    fn check_data_kx(
+        &self,
+        named: Option<rustls::NamedGroup>,
+        suite: Option<rustls::CipherSuite>,
+        hs: Option<&QkdHandshake>,
+        dialer: bool,
+        conn_id: u64,
+    ) -> Result<(KxGroup, Option<String>), String> {
+        let n = tls::check_policy_kx(&self.cfg, named, suite).inspect_err(|_| {
+            self.metrics.failure(&self.cfg.name, "kx_policy");
+        })?;
+        let Some(q) = &self.qkd else {
+            if n.qkd {
+                return Err("a QKD key was used on a tunnel not configured for QKD".into());
+            }
+            return Ok((n.group, None));
+        };
+        match hs.map(|h| h.check_peer_sae(&q.cfg.peer_sae_id)) {
+            Some(Ok(r)) => {
+                q.record_use(&r.key_id, &format!("data connection {conn_id}"));
+                if dialer {
+                    q.set_problem_cleared();
+                }
+                info!(peer = %self.cfg.name, key_id = %r.key_id, sae = %q.cfg.peer_sae_id, "data connection keyed with ECDH + ML-KEM + QKD");
+                Ok((n.group, Some(r.key_id)))
+            }
+            Some(Err(crate::qkd::QkdKxError::NotUsed)) | None => {
+                if let Some(w) = hs.and_then(|h| h.wasted()) {
+                    warn!(peer = %self.cfg.name, key_id = %w.key_id, "the peer did not take the offered QKD key; it is written off");
+                }
+                match q.cfg.policy {
+                    crate::qkd::QkdPolicy::Require => {
+                        q.refused.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.failure(&self.cfg.name, "qkd_not_used");
+                        Err(format!(
+                            "qkd = require, but the data handshake with {} used no QKD key",
+                            self.cfg.name
+                        ))
+                    }
+                    crate::qkd::QkdPolicy::Prefer => {
+                        if hs.is_some() || !dialer {
+                            q.fallbacks.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.failure(&self.cfg.name, "qkd_fallback");
+                            warn!(peer = %self.cfg.name, "data connection without a QKD key (qkd = prefer): the hybrid key exchange alone");
+                        }
+                        Ok((n.group, None))
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                self.metrics.failure(&self.cfg.name, e.label());
+                Err(format!("QKD check of the data connection failed: {e}"))
+            }
+        }
+    }
+}
+
+fn quic_named_group(conn: &quinn::Connection) -> Option<rustls::NamedGroup> {
+    conn.handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .map(|h| h.negotiated_key_exchange_group)
 }
 
 /// How long the dialer waits for a QKD key before its policy decides.

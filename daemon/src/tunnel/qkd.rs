@@ -108,6 +108,8 @@ pub struct PeerQkd {
     pub reserved_total: AtomicU64,
     /// Claimed keys dropped (not acknowledged, or the reserve reset with a new control session).
     pub discarded: AtomicU64,
+    /// Data handshakes with a QKD key that failed (the peer refused the key, or the keys differed).
+    pub handshake_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for PeerQkd {
@@ -144,6 +146,8 @@ pub struct QkdStatus {
     pub refused: u64,
     /// Keys dropped unused.
     pub discarded: u64,
+    /// Data handshakes with a QKD key that failed.
+    pub handshake_failures: u64,
     /// Last key IDs used, oldest first.
     pub last_key_ids: Vec<String>,
     /// Why keys are not arriving, if they are not.
@@ -169,6 +173,7 @@ impl PeerQkd {
             refused: AtomicU64::new(0),
             reserved_total: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
         }
     }
 
@@ -204,6 +209,13 @@ impl PeerQkd {
                 None => info!(peer = %self.peer, link = %self.cfg.link, "QKD keys arriving"),
             }
             *cur = p;
+        }
+    }
+
+    /// A data connection was keyed with QKD: whatever kept keys away is over.
+    pub fn set_problem_cleared(&self) {
+        if self.reserve_len() > 0 {
+            self.set_problem(None);
         }
     }
 
@@ -360,6 +372,7 @@ impl PeerQkd {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             discarded: self.discarded.load(Ordering::Relaxed),
+            handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
             last_key_ids: last,
             problem: self.problem(),
             link_state,
@@ -391,14 +404,13 @@ impl PeerQkd {
         }
     }
 
-    /// Master side of one control session: keeps the reserve at its target by announcing batches and
+    /// Master side of one control session (the reserve was reset when it began): keeps the reserve at its target by announcing batches and
     /// taking in what the slave acknowledges. Runs until the session's channels close.
     pub async fn run_master(
         self: Arc<Self>,
         outbox: mpsc::Sender<ControlMessage>,
         mut inbox: mpsc::Receiver<ControlMessage>,
     ) {
-        self.reset();
         let mut batch = 0u64;
         loop {
             let need = self.cfg.reserve.saturating_sub(self.reserve_len());
@@ -517,7 +529,6 @@ impl PeerQkd {
         outbox: mpsc::Sender<ControlMessage>,
         mut inbox: mpsc::Receiver<ControlMessage>,
     ) {
-        self.reset();
         while let Some(m) = inbox.recv().await {
             let ControlMessage::KeyIds { batch, ids } = m else {
                 continue;
@@ -695,7 +706,7 @@ impl QkdSite {
             .cloned()
             .collect();
         let mut out = String::new();
-        let rows: [MetricRow; 6] = [
+        let rows: [MetricRow; 7] = [
             (
                 "qsi_qkd_reserve_keys",
                 "gauge",
@@ -725,6 +736,12 @@ impl QkdSite {
                 "counter",
                 "Claimed QKD keys dropped unused",
                 |p| p.discarded.load(Ordering::Relaxed),
+            ),
+            (
+                "qsi_qkd_handshake_failures_total",
+                "counter",
+                "Data handshakes with a QKD key that failed",
+                |p| p.handshake_failures.load(Ordering::Relaxed),
             ),
             (
                 "qsi_qkd_link_problem",
