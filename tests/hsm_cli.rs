@@ -276,7 +276,8 @@ fn file_store_for_development_says_not_for_production() {
 fn bench_hsm_quick_reports_both_sides_and_the_ratio() {
     let out = Command::new(env!("CARGO_BIN_EXE_qsi"))
         .args(["bench", "hsm", "--quick", "--json"])
-        .env_remove("SOFTHSM2_CONF") // the program makes its own private SoftHSM2 configuration
+        .env_remove("SOFTHSM2_CONF") // the program makes its own private token configurations
+        .env_remove("KRYOPTIC_CONF")
         .output()
         .unwrap();
     assert!(
@@ -297,6 +298,24 @@ fn bench_hsm_quick_reports_both_sides_and_the_ratio() {
         assert!(hsm > 0.0 && lc > 0.0, "{r}");
         let ratio = r["ratio_softhsm2_over_aws_lc_rs"].as_f64().unwrap();
         assert!((ratio - hsm / lc).abs() < 1e-9, "{r}");
+    }
+    // Native ML-DSA on a PKCS#11 3.2 token (Kryoptic, installed by scripts/install-kryoptic).
+    let native = &report["native_ml_dsa"];
+    let rows = native["results"].as_array().unwrap_or_else(|| {
+        panic!("no native ML-DSA rows (run scripts/install-kryoptic): {native}")
+    });
+    let algs: Vec<&str> = rows
+        .iter()
+        .map(|r| r["algorithm"].as_str().unwrap())
+        .collect();
+    assert_eq!(algs, ["ml-dsa-65", "ml-dsa-87"]);
+    for r in rows {
+        assert_eq!(r["storage"], "token", "{r}");
+        let token = r["token_sigs_per_s"].as_f64().unwrap();
+        let lc = r["aws_lc_rs_sigs_per_s"].as_f64().unwrap();
+        assert!(token > 0.0 && lc > 0.0, "{r}");
+        let ratio = r["ratio_token_over_aws_lc_rs"].as_f64().unwrap();
+        assert!((ratio - token / lc).abs() < 1e-9, "{r}");
     }
 }
 
