@@ -16,9 +16,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use kms_common::{Sim, SimOptions, need_softhsm, sim_certs, start_sim};
+use kms_common::{Sim, SimOptions, need_softhsm, sae, sim_certs, start_sim};
 use qsi_daemon::testbed::{self, Qsid, SiteToml};
 use qsi_hsm::SoftHsmToken;
+use qsi_kms::testkit::TestPki;
 use serde_json::Value;
 
 /// One site's KMS: its config file and token.
@@ -69,10 +70,13 @@ batch = 8
 timeout_ms = 2000
 connect_timeout_ms = 500
 retries = 0
+remote_saes = ["app-{other}"]
+local_saes = ["app-{site}"]
 "#,
             label = token.label,
             pin = pin.display(),
             port = kme.port(),
+            other = if site == "a" { "b" } else { "a" },
         ),
     )
     .unwrap();
@@ -232,6 +236,11 @@ fn announced_key_ids_fill_both_reserves_and_qsi_kms_reaches_the_kms_in_qsid() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let s = sim(dir, None);
+    // A's KMS also serves ETSI 014 to a local application, from inside qsid
+    let local = TestPki::create(&dir.join("local")).unwrap();
+    local.issue("kms-a", &["localhost", "127.0.0.1"]).unwrap();
+    local.issue("app-a", &["app-a"]).unwrap();
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"local/kms-a.pem\"\nkey = \"local/kms-a.key\"\nclient_ca = \"local/ca.pem\"\n[[server.sae]]\nid = \"app-a\"\ncertificate = \"local/app-a.pem\"\n";
     let p = start_pair(
         &rt,
         dir,
@@ -240,7 +249,7 @@ fn announced_key_ids_fill_both_reserves_and_qsi_kms_reaches_the_kms_in_qsid() {
             policy: "require",
             kmes: (s.alice, s.bob),
             peer_extra_a: "",
-            kms_extra_a: "",
+            kms_extra_a: server,
         },
     );
     // A announced, B fetched by ID and acknowledged: both reserves reach their target of 2
@@ -277,6 +286,25 @@ fn announced_key_ids_fill_both_reserves_and_qsi_kms_reaches_the_kms_in_qsid() {
         ),
         "{m}"
     );
+    // the local application gets a key from the KMS inside qsid over ETSI 014 (mutual TLS)
+    let log = std::fs::read_to_string(&p.a.log).unwrap();
+    let url = log
+        .lines()
+        .find_map(|l| l.split("qsid: KMS ETSI 014 server on ").nth(1))
+        .unwrap_or_else(|| panic!("no ETSI 014 server announced: {log}"))
+        .trim()
+        .to_string();
+    let app = sae(
+        &url,
+        "app-b",
+        &dir.join("local/ca.pem"),
+        &dir.join("local/app-a.pem"),
+        &dir.join("local/app-a.key"),
+    );
+    let keys = rt.block_on(app.get_keys(1, 256)).unwrap();
+    assert_eq!(keys.len(), 1);
+    let ev = audit_events(&p.kms_a.config);
+    assert_eq!(claimed(&ev, "app-a").len(), 1, "{ev:?}");
     drop(p);
     drop(s);
 }
@@ -367,6 +395,32 @@ fn three_sources(transport: &str) {
     rt.block_on(roundtrip(p.a_to_b, 1024)).unwrap();
     let ev = wait_used(&p.kms_a.config, &used2[1], 1);
     assert_eq!(count_ids(&ev, "used-in-handshake", key_id), 1);
+
+    // SIGKILL the master mid-run (its reserve claimed, announced and acknowledged): after the restart its
+    // KMS recovers, the tunnel comes back with a fresh key, and no key ID was ever used twice on either side
+    p.a.kill();
+    p.a = Qsid::start(QSID.as_ref(), &p.dir.join("site-a.toml")).unwrap();
+    p.wait_peer(true, "no QKD-keyed session after SIGKILL", 40, |v| {
+        v["state"] == "connected" && v["qkd"]["keys_used"].as_u64() >= Some(1)
+    });
+    rt.block_on(roundtrip(p.a_to_b, 1024)).unwrap();
+    for cfg in [&p.kms_a.config, &p.kms_b.config] {
+        let ev = audit_events(cfg);
+        let used: Vec<&str> = ev
+            .iter()
+            .filter(|e| e["event"] == "used-in-handshake")
+            .map(|e| e["key_id"].as_str().unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&&str> = used.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            used.len(),
+            "a key ID used twice in {cfg:?}: {used:?}"
+        );
+        for id in &used {
+            assert_eq!(count_ids(&ev, "delivered-keys", id), 1, "{id} claimed once");
+        }
+    }
     drop(p);
     drop(s);
 }
