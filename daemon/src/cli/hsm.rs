@@ -116,9 +116,7 @@ fn parse_ml_dsa_mode(s: &str) -> Result<MlDsaMode, String> {
 fn ml_dsa_path(storage: KeyStorage) -> &'static str {
     match storage {
         KeyStorage::Token => "native (the token's PKCS#11 3.2 CKM_ML_DSA)",
-        KeyStorage::SealedByToken => {
-            "sealed (no CKM_ML_DSA on this token: key sealed by its AES key, signed on the host)"
-        }
+        KeyStorage::SealedByToken => "sealed (by the token's AES key; signed on the host)",
         KeyStorage::File => "file store (host)",
     }
 }
@@ -428,10 +426,15 @@ fn test(c: Common) -> anyhow::Result<()> {
     store.random(&mut random)?;
     let info = store.info();
     let mut text = format!(
-        "{} ({}):\n  ml-dsa path: {}\n",
+        "{} ({}):\n  ml-dsa path: {}{}\n",
         info.token,
         info.description,
-        ml_dsa_path(ml_dsa)
+        ml_dsa_path(ml_dsa),
+        if ml_dsa == KeyStorage::SealedByToken {
+            ", the token has no CKM_ML_DSA"
+        } else {
+            ""
+        }
     );
     for r in &results {
         text.push_str(&format!(
