@@ -100,11 +100,22 @@ fn udp_service_rides_quic_datagrams_both_ways() {
 /// Runs `qsi demo` (from `bin`, with `extra` arguments), asserts it succeeded and that the TLS tunnel
 /// negotiated the post-quantum default group, and returns what it printed.
 fn run_demo(bin: &std::path::Path, extra: &[&str]) -> String {
-    let out = std::process::Command::new(bin)
-        .arg("demo")
-        .args(extra)
-        .output()
-        .unwrap();
+    // A binary copied a moment ago can briefly be "text file busy": another test thread forking a child
+    // in that window holds the copy's write descriptor until the child execs. Retry that error only.
+    let mut tries = 0;
+    let out = loop {
+        match std::process::Command::new(bin)
+            .arg("demo")
+            .args(extra)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
