@@ -97,8 +97,9 @@ fn udp_service_rides_quic_datagrams_both_ways() {
     assert_eq!(peers[0]["group"], "X25519MLKEM768");
 }
 
-/// Runs `qsi demo` (from `bin`, with `extra` arguments), asserts it succeeded and that the TLS tunnel
-/// negotiated the post-quantum default group, and returns what it printed.
+/// Runs `qsi demo` (from `bin`, with `extra` arguments), asserts it succeeded and proved the whole chain
+/// (both tunnels keyed by the hybrid group plus QKD, the same fresh QKD key IDs on both sites, the link's
+/// secret key rate and QBER from qkd-sim), and returns what it printed.
 fn run_demo(bin: &std::path::Path, extra: &[&str]) -> String {
     // A binary copied a moment ago can briefly be "text file busy": another test thread forking a child
     // in that window holds the copy's write descriptor until the child execs. Retry that error only.
@@ -122,23 +123,69 @@ fn run_demo(bin: &std::path::Path, extra: &[&str]) -> String {
         "qsi demo {extra:?} failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains("tls tunnel               X25519MLKEM768"),
-        "{text}"
+    let row = |what: &str| -> String {
+        let prefix = format!("  {what:<24} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no summary row {what:?}:\n{text}"))
+            .to_string()
+    };
+    let mut ids = Vec::new();
+    for transport in ["quic", "tls"] {
+        assert!(
+            row(&format!("{transport} tunnel")).starts_with("X25519MLKEM768+QKD,"),
+            "{text}"
+        );
+        let line = row(&format!("{transport} QKD key IDs"));
+        let list = line
+            .strip_suffix(" (the same on site-a and site-b)")
+            .unwrap_or_else(|| panic!("{text}"));
+        for id in list.split(", ") {
+            assert_eq!(id.len(), 36, "a UUID key_ID: {id:?} in {text}");
+            ids.push(id.to_string());
+        }
+        assert!(row(&format!("{transport} both ways")).starts_with("ok"), "{text}");
+    }
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "each QKD key used by one handshake: {text}");
+    assert!(row("classical-only client").starts_with("refused"), "{text}");
+    // The link's figures come from qkd-sim status: the Monte Carlo rate at 20 km is near the
+    // decoy-state formula's (GYS parameters at their configured intensity), the QBER below the abort line.
+    let link = row("QKD link");
+    let num = |after: &str, until: &str| -> f64 {
+        let rest = &link[link.find(after).unwrap_or_else(|| panic!("{link}")) + after.len()..];
+        rest[..rest.find(until).unwrap()].parse().unwrap()
+    };
+    assert!(link.starts_with("20 km,"), "{link}");
+    let rate = num("secret key rate ", " bit/s");
+    let qber = num("QBER ", "%") / 100.0;
+    let mut p = qsi_qkd_sim::LinkParams::named("gys").unwrap();
+    p.fibre.length_km = 20.0;
+    let expected = qsi_qkd_sim::analytic::rate_at(
+        &p,
+        qsi_qkd_sim::analytic::DecoyMethod::Infinite,
+        p.source.mu,
     );
+    assert!(
+        rate > 0.5 * expected.secret_key_rate_bps && rate < 1.5 * expected.secret_key_rate_bps,
+        "rate {rate} vs decoy-state {}: {link}",
+        expected.secret_key_rate_bps
+    );
+    assert!(qber > 0.0 && qber < 0.11, "{link}");
+    assert!(row("QKD keys held").contains("KMS"), "{text}");
     text
 }
 
 #[test]
-fn qsi_demo_runs_and_proves_post_quantum() {
+fn qsi_demo_runs_the_whole_chain_with_three_key_sources() {
     let text = run_demo(env!("CARGO_BIN_EXE_qsi").as_ref(), &[]);
-    assert!(
-        text.contains("quic tunnel              X25519MLKEM768"),
-        "{text}"
-    );
-    assert!(text.contains("classical-only client    refused"), "{text}");
-    // CI installs SoftHSM2 (scripts/test refuses to run without it), so the demo must pick it.
+    // CI installs SoftHSM2 (scripts/test refuses to run without it), so the demo must pick it, for the
+    // CA's key and for both KMSs' keys.
     assert!(text.contains("key store                SoftHSM2"), "{text}");
+    assert!(text.contains("KEK that never leaves SoftHSM2"), "{text}");
+    assert!(text.contains("the qkd-sim binary"), "{text}");
 }
 
 #[test]
@@ -152,12 +199,30 @@ fn qsi_demo_falls_back_to_the_file_key_store_and_says_so() {
 }
 
 #[test]
-fn qsi_demo_works_without_a_qsid_binary_beside_it() {
-    // `cargo run --bin qsi -- demo` builds only qsi: the demo then runs the daemon as `qsi qsid`.
+fn qsi_demo_works_without_qsid_or_qkd_sim_binaries_beside_it() {
+    // `cargo run --bin qsi -- demo` builds only qsi: the demo then runs the daemon as `qsi qsid` and the
+    // simulator as `qsi qkd-sim` (still separate processes).
     let dir = tempfile::tempdir().unwrap();
     let qsi = dir.path().join("qsi");
     std::fs::copy(env!("CARGO_BIN_EXE_qsi"), &qsi).unwrap();
-    run_demo(&qsi, &[]);
+    let text = run_demo(&qsi, &[]);
+    assert!(text.contains("qsi qkd-sim serve"), "{text}");
+}
+
+#[test]
+fn qsi_demo_fails_closed_and_says_why_when_the_link_yields_no_key() {
+    // 300 km is far past the decoy-state limit (~140 km): the link distils nothing, so the tunnels,
+    // which require QKD, never open a data connection; the demo must exit non-zero and say why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qsi"))
+        .args(["demo", "--distance-km", "300"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        stderr.contains("qkd = require did not come up") && stderr.contains("no QKD key"),
+        "{stderr}"
+    );
 }
 
 #[test]

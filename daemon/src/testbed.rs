@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod qkd;
+
 /// The DNS identity of a test site's certificate.
 pub fn dns_identity(site: &str) -> String {
     format!("{site}.qsi.test")

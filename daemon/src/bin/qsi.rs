@@ -36,6 +36,9 @@ enum Command {
     /// Run the site daemon in this process (as `qsid`; lets `cargo run --bin qsi -- demo` work alone)
     #[command(hide = true)]
     Qsid(cli::tunnel::QsidArgs),
+    /// Run the QKD simulator's serve/certs/status in this process (as `qkd-sim`; for `qsi demo`)
+    #[command(subcommand, hide = true, name = "qkd-sim")]
+    QkdSim(cli::demo::QkdSimCommand),
     /// Run the CA: init, issue, cross-certify, revoke, crl, list, serve
     #[command(subcommand)]
     Ca(cli::ca::Command),
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Access(cmd) => cli::access::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
         Command::Qsid(args) => cli::tunnel::run_qsid(args),
+        Command::QkdSim(cmd) => cli::demo::run_qkd_sim(cmd),
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Kms(cmd) => cli::kms::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),

@@ -76,6 +76,13 @@ pub struct LinkReport {
     pub dropped_bits: u64,
     /// Fraction of pulses the eavesdropper attacks (0 when off).
     pub eve_fraction: f64,
+    /// Link time simulated so far, in seconds (blocks aborted or not).
+    pub link_seconds: f64,
+    /// Final (secret) key bits the link distilled so far, per side, kept or dropped.
+    pub secret_bits: u64,
+    /// The link's secret key rate: `secret_bits / link_seconds` (bit/s of link time; 0 before the
+    /// first block). Wall-clock rate is this times the configured speed-up.
+    pub secret_key_rate_bps: f64,
 }
 
 /// Who may fetch the keys of one request (shared by its keys).
@@ -188,6 +195,9 @@ impl LinkPool {
                 produced_bits: 0,
                 dropped_bits: 0,
                 eve_fraction: 0.0,
+                link_seconds: 0.0,
+                secret_bits: 0,
+                secret_key_rate_bps: 0.0,
             },
         }
     }
@@ -214,6 +224,8 @@ impl LinkPool {
         self.report.qber = Some(qber);
         self.report.state = LinkState::Producing;
         let n = alice.len().min(bob.len());
+        self.report.secret_bits += 8 * n as u64;
+        self.update_rate();
         let room = self.capacity_bytes().saturating_sub(self.streams[0].len);
         let keep = n.min(room);
         self.report.dropped_bits += 8 * (n - keep) as u64;
@@ -234,6 +246,23 @@ impl LinkPool {
         self.report.aborted_blocks += 1;
         self.report.qber = qber.or(self.report.qber);
         self.report.state = LinkState::Aborted { reason };
+    }
+
+    /// Adds the link time one block took (called for every block, keyed or aborted).
+    pub fn add_link_time(&mut self, seconds: f64) {
+        if seconds.is_finite() && seconds > 0.0 {
+            self.report.link_seconds += seconds;
+        }
+        self.update_rate();
+    }
+
+    fn update_rate(&mut self) {
+        let t = self.report.link_seconds;
+        self.report.secret_key_rate_bps = if t > 0.0 {
+            self.report.secret_bits as f64 / t
+        } else {
+            0.0
+        };
     }
 
     /// Notes the eavesdropper's current fraction for status.
@@ -552,5 +581,19 @@ mod tests {
         assert_eq!(p.available_bits(), 512 * 8, "filled to the byte");
         assert_eq!(p.report().dropped_bits, 88 * 8);
         assert_eq!(p.report().produced_bits, 512 * 8);
+    }
+
+    #[test]
+    fn the_secret_key_rate_counts_dropped_bits_and_aborted_link_time() {
+        let mut p = LinkPool::new(limits());
+        assert_eq!(p.report().secret_key_rate_bps, 0.0, "no block yet");
+        p.add_link_time(2.0);
+        p.add_block(Zeroizing::new(vec![1; 600]), Zeroizing::new(vec![1; 600]), 0.03);
+        // 600 bytes distilled in 2 s, although only 512 fit in the pool
+        assert_eq!(p.report().secret_key_rate_bps, 2400.0);
+        p.add_link_time(2.0);
+        p.abort_block(Some(0.2), "QBER".into());
+        assert_eq!(p.report().secret_key_rate_bps, 1200.0);
+        assert_eq!(p.report().link_seconds, 4.0);
     }
 }

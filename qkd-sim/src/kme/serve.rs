@@ -160,6 +160,9 @@ fn produce(
         while Instant::now() < due && !stop.load(Ordering::Relaxed) {
             std::thread::sleep((due - Instant::now()).min(Duration::from_millis(50)));
         }
+        if outcome.is_ok() {
+            lock(pool).add_link_time(link_seconds);
+        }
         match outcome {
             Ok(BlockOutcome::Key {
                 alice, bob, qber, ..
