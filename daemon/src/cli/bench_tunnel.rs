@@ -18,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::testbed;
 
+use super::bench_tunnel_qkd as qkd;
+
 /// Options of `qsi bench tunnel`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -121,8 +123,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let (tls, quic) = (qsid_figs[0].clone(), qsid_figs[1].clone());
 
+    // QKD-keyed variants: handshakes with and without a QKD key (same transport, same run), then
+    // the throughput of qsid pairs whose tunnels require QKD (no rekeys: see docs/benchmarks.md).
+    let mut kx = Vec::new();
+    for transport in ["tls", "quic"] {
+        progress(&format!("{transport} handshakes, hybrid alone and hybrid + QKD ..."));
+        let sites = qkd::KxSites::new(&dir.path().join(format!("kx-{transport}")), transport)?;
+        let hybrid = rt.block_on(qkd::handshakes(
+            &sites,
+            transport,
+            false,
+            sizes.setups,
+            sizes.handshake_secs,
+        ))?;
+        let with_qkd = rt.block_on(qkd::handshakes(
+            &sites,
+            transport,
+            true,
+            sizes.setups,
+            sizes.handshake_secs,
+        ))?;
+        kx.push((hybrid, with_qkd));
+    }
+    let mut qkd_gbps = Vec::new();
+    let mut qkd_group = String::new();
+    for transport in ["tls", "quic"] {
+        progress(&format!("qsid over {transport} keyed by QKD (qkd-sim, KMS) ..."));
+        let bulk_l = testbed::free_addr()?;
+        let pair = qkd::start_qkd_pair(
+            &dir.path().join(format!("qkd-{transport}")),
+            transport,
+            &[("sink", bulk_l, sink)],
+        )?;
+        qkd_group = pair.group.clone();
+        rt.block_on(upload(bulk_l, 1 << 20))?;
+        let mut runs = Vec::new();
+        for _ in 0..sizes.runs {
+            runs.push(rt.block_on(throughput(bulk_l, sizes.bulk, 1))?);
+        }
+        qkd_gbps.push(median(runs));
+        drop(pair);
+    }
+    let ((tls_h, tls_q), (quic_h, quic_q)) = (kx[0].clone(), kx[1].clone());
+
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let out = json!({
+    let mut out = json!({
         "quick": args.quick,
         "bulk_bytes": sizes.bulk,
         "direct_gbps": direct.gbps_1,
@@ -159,6 +204,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "qsid_setup_p50_at_most_half_stunnel": tls.setup_p50_ms <= stunnel.setup_p50_ms / 2.0 && quic.setup_p50_ms <= stunnel.setup_p50_ms / 2.0,
         },
     });
+    let qkd_out = json!({
+        "qkd_handshakes": "in-process, qsid's per-connection TLS/QUIC config code on loopback sockets, keys announced in memory",
+        "qsid_tls_hybrid_handshakes_per_s": tls_h.handshakes_per_s,
+        "qsid_tls_qkd_handshakes_per_s": tls_q.handshakes_per_s,
+        "qsid_quic_hybrid_handshakes_per_s": quic_h.handshakes_per_s,
+        "qsid_quic_qkd_handshakes_per_s": quic_q.handshakes_per_s,
+        "qsid_tls_hybrid_setup_p50_ms": tls_h.setup_p50_ms,
+        "qsid_tls_qkd_setup_p50_ms": tls_q.setup_p50_ms,
+        "qsid_quic_hybrid_setup_p50_ms": quic_h.setup_p50_ms,
+        "qsid_quic_qkd_setup_p50_ms": quic_q.setup_p50_ms,
+        "qsid_tls_hybrid_setup_p99_ms": tls_h.setup_p99_ms,
+        "qsid_tls_qkd_setup_p99_ms": tls_q.setup_p99_ms,
+        "qsid_quic_hybrid_setup_p99_ms": quic_h.setup_p99_ms,
+        "qsid_quic_qkd_setup_p99_ms": quic_q.setup_p99_ms,
+        "qkd_vs_hybrid_handshake_ratio_tls": ratio(tls_q.handshakes_per_s, tls_h.handshakes_per_s),
+        "qkd_vs_hybrid_handshake_ratio_quic": ratio(quic_q.handshakes_per_s, quic_h.handshakes_per_s),
+        "qkd_vs_hybrid_setup_p50_ratio_tls": ratio(tls_q.setup_p50_ms, tls_h.setup_p50_ms),
+        "qkd_vs_hybrid_setup_p50_ratio_quic": ratio(quic_q.setup_p50_ms, quic_h.setup_p50_ms),
+        "qsid_qkd_group": qkd_group,
+        "qsid_tls_qkd_gbps": qkd_gbps[0],
+        "qsid_quic_qkd_gbps": qkd_gbps[1],
+        "qkd_vs_hybrid_gbps_tls": ratio(qkd_gbps[0], tls.gbps_1),
+        "qkd_vs_hybrid_gbps_quic": ratio(qkd_gbps[1], quic.gbps_1),
+        "qkd_throughput_rekeys": false,
+    });
+    if let (Some(o), Some(q)) = (out.as_object_mut(), qkd_out.as_object()) {
+        o.extend(q.clone());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -200,6 +273,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ratio(f.gbps_1, direct.gbps_1)
         );
     }
+    println!(
+        "\nQKD-keyed ({qkd_group}) vs hybrid alone, same transport, same run (handshakes in-process with qsid's config code):"
+    );
+    println!(
+        "{:<6} {:>14} {:>14} {:>7} {:>13} {:>13} {:>7} {:>12} {:>12} {:>7}",
+        "", "hybrid hs/s", "QKD hs/s", "ratio", "hybrid p50", "QKD p50", "ratio", "hybrid Gb/s", "QKD Gb/s", "ratio"
+    );
+    for (name, h, q, plain, with_qkd) in [
+        ("TLS", &tls_h, &tls_q, tls.gbps_1, qkd_gbps[0]),
+        ("QUIC", &quic_h, &quic_q, quic.gbps_1, qkd_gbps[1]),
+    ] {
+        println!(
+            "{:<6} {:>12.0}/s {:>12.0}/s {:>6.2}x {:>10.3} ms {:>10.3} ms {:>6.2}x {:>12.2} {:>12.2} {:>6.2}x",
+            name,
+            h.handshakes_per_s,
+            q.handshakes_per_s,
+            ratio(q.handshakes_per_s, h.handshakes_per_s),
+            h.setup_p50_ms,
+            q.setup_p50_ms,
+            ratio(q.setup_p50_ms, h.setup_p50_ms),
+            plain,
+            with_qkd,
+            ratio(with_qkd, plain)
+        );
+    }
+    println!("(QKD throughput without rekeys)");
     println!(
         "targets: qsid TLS >= 1.3x stunnel4: {:.2}x; QUIC >= 0.5x qsid TLS: {:.2}x; setup p50 <= 0.5x stunnel4: TLS {:.2}x, QUIC {:.2}x",
         ratio(tls.gbps_1, stunnel.gbps_1),

@@ -11,6 +11,7 @@ pub mod bench_kms;
 pub mod bench_login;
 pub mod bench_pki;
 pub mod bench_tunnel;
+pub mod bench_tunnel_qkd;
 pub mod ca;
 pub mod ca_serve;
 pub mod card;
