@@ -144,13 +144,19 @@ fn run_demo(bin: &std::path::Path, extra: &[&str]) -> String {
             assert_eq!(id.len(), 36, "a UUID key_ID: {id:?} in {text}");
             ids.push(id.to_string());
         }
-        assert!(row(&format!("{transport} both ways")).starts_with("ok"), "{text}");
+        assert!(
+            row(&format!("{transport} both ways")).starts_with("ok"),
+            "{text}"
+        );
     }
     let n = ids.len();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n, "each QKD key used by one handshake: {text}");
-    assert!(row("classical-only client").starts_with("refused"), "{text}");
+    assert!(
+        row("classical-only client").starts_with("refused"),
+        "{text}"
+    );
     // The link's figures come from qkd-sim status: the Monte Carlo rate at 20 km is near the
     // decoy-state formula's (GYS parameters at their configured intensity), the QBER below the abort line.
     let link = row("QKD link");
@@ -218,7 +224,11 @@ fn qsi_demo_fails_closed_and_says_why_when_the_link_yields_no_key() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(
         stderr.contains("qkd = require did not come up") && stderr.contains("no QKD key"),
         "{stderr}"

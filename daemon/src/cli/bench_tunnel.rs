@@ -127,7 +127,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // the throughput of qsid pairs whose tunnels require QKD (no rekeys: see docs/benchmarks.md).
     let mut kx = Vec::new();
     for transport in ["tls", "quic"] {
-        progress(&format!("{transport} handshakes, hybrid alone and hybrid + QKD ..."));
+        progress(&format!(
+            "{transport} handshakes, hybrid alone and hybrid + QKD ..."
+        ));
         let sites = qkd::KxSites::new(&dir.path().join(format!("kx-{transport}")), transport)?;
         let hybrid = rt.block_on(qkd::handshakes(
             &sites,
@@ -148,7 +150,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut qkd_gbps = Vec::new();
     let mut qkd_group = String::new();
     for transport in ["tls", "quic"] {
-        progress(&format!("qsid over {transport} keyed by QKD (qkd-sim, KMS) ..."));
+        progress(&format!(
+            "qsid over {transport} keyed by QKD (qkd-sim, KMS) ..."
+        ));
         let bulk_l = testbed::free_addr()?;
         let pair = qkd::start_qkd_pair(
             &dir.path().join(format!("qkd-{transport}")),
@@ -278,7 +282,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!(
         "{:<6} {:>14} {:>14} {:>7} {:>13} {:>13} {:>7} {:>12} {:>12} {:>7}",
-        "", "hybrid hs/s", "QKD hs/s", "ratio", "hybrid p50", "QKD p50", "ratio", "hybrid Gb/s", "QKD Gb/s", "ratio"
+        "",
+        "hybrid hs/s",
+        "QKD hs/s",
+        "ratio",
+        "hybrid p50",
+        "QKD p50",
+        "ratio",
+        "hybrid Gb/s",
+        "QKD Gb/s",
+        "ratio"
     );
     for (name, h, q, plain, with_qkd) in [
         ("TLS", &tls_h, &tls_q, tls.gbps_1, qkd_gbps[0]),

@@ -86,7 +86,10 @@ pub async fn handshakes(
     secs: f64,
 ) -> anyhow::Result<KxFigures> {
     // Enough announced keys for the whole run (a dial that finds none fails: `require`).
-    let k = keys(qkd, setups + 200_000usize.min((secs * 20_000.0) as usize) + 100)?;
+    let k = keys(
+        qkd,
+        setups + 200_000usize.min((secs * 20_000.0) as usize) + 100,
+    )?;
     let dialer: Arc<dyn Dialer> = match transport {
         "tls" => Arc::new(TlsSide::start(sites, k.clone()).await?),
         _ => Arc::new(QuicSide::start(sites, k.clone())?),

@@ -134,7 +134,11 @@ const STEPS: usize = 6;
 fn kms_keys(
     dir: &Path,
     keys: &DemoKeyStore,
-) -> anyhow::Result<(Vec<testbed::qkd::KmsKeys>, Vec<qsi_hsm::SoftHsmToken>, String)> {
+) -> anyhow::Result<(
+    Vec<testbed::qkd::KmsKeys>,
+    Vec<qsi_hsm::SoftHsmToken>,
+    String,
+)> {
     let mut out = Vec::new();
     let mut tokens = Vec::new();
     for site in ["a", "b"] {
@@ -335,7 +339,9 @@ fn run_in(args: &Args, path: &Path) -> anyhow::Result<()> {
             "qsi qkd-sim serve: no qkd-sim binary beside qsi"
         },
         sim.options.distance_km,
-        sim.options.speedup, sim.alice, sim.bob
+        sim.options.speedup,
+        sim.alice,
+        sim.bob
     );
 
     // Step 3: each site's KMS (inside its qsid) takes keys from its KME.
@@ -357,8 +363,7 @@ fn run_in(args: &Args, path: &Path) -> anyhow::Result<()> {
         let (a_to_b, b_to_a) = (testbed::free_addr()?, testbed::free_addr()?);
         testbed::carry(&mut a, &mut b, "hello", a_to_b, svc_b);
         testbed::carry(&mut b, &mut a, "hello", b_to_a, svc_a);
-        let kms_a =
-            testbed::qkd::write_kms(&sub, "a", true, sim.alice, &sim.dir, &kms_keys[0])?;
+        let kms_a = testbed::qkd::write_kms(&sub, "a", true, sim.alice, &sim.dir, &kms_keys[0])?;
         let kms_b = testbed::qkd::write_kms(&sub, "b", false, sim.bob, &sim.dir, &kms_keys[1])?;
         testbed::qkd::use_qkd(&mut a, &mut b, &kms_a, &kms_b, "require", 4);
         let t = Instant::now();
@@ -374,7 +379,12 @@ fn run_in(args: &Args, path: &Path) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "site-a's qsid did not answer".into());
                 let link = sim
                     .status()
-                    .map(|s| format!("{} (QBER {}, {} blocks)", s["state"], s["qber"], s["blocks"]))
+                    .map(|s| {
+                        format!(
+                            "{} (QBER {}, {} blocks)",
+                            s["state"], s["qber"], s["blocks"]
+                        )
+                    })
                     .unwrap_or_else(|e| format!("unknown ({e})"));
                 return Err(e.context(format!(
                     "the {transport} tunnel with qkd = require did not come up: {why}; the QKD link is {link}"
@@ -403,7 +413,10 @@ fn run_in(args: &Args, path: &Path) -> anyhow::Result<()> {
         });
         rows.push(Row {
             what: format!("{transport} QKD key IDs"),
-            result: format!("{} (the same on site-a and site-b)", keyed.key_ids.join(", ")),
+            result: format!(
+                "{} (the same on site-a and site-b)",
+                keyed.key_ids.join(", ")
+            ),
         });
         rows.push(Row {
             what: format!("{transport} both ways"),
@@ -431,7 +444,9 @@ fn run_in(args: &Args, path: &Path) -> anyhow::Result<()> {
         bail!("a QKD key ID was used by more than one handshake: {all_ids:?}");
     }
 
-    let st = sim.status().context("reading the link's state from qkd-sim status")?;
+    let st = sim
+        .status()
+        .context("reading the link's state from qkd-sim status")?;
     let qber = st["qber"].as_f64();
     let rate = st["secret_key_rate_bps"].as_f64().unwrap_or(0.0);
     let Some(qber) = qber else {

@@ -21,7 +21,11 @@ use super::{Launcher, SiteToml};
 /// needs nothing else built).
 pub fn qkd_sim_launcher() -> anyhow::Result<Launcher> {
     let exe = std::env::current_exe()?;
-    for dir in exe.parent().into_iter().chain(exe.parent().and_then(Path::parent)) {
+    for dir in exe
+        .parent()
+        .into_iter()
+        .chain(exe.parent().and_then(Path::parent))
+    {
         let p = dir.join("qkd-sim");
         if p.is_file() {
             return Ok(Launcher {

@@ -588,7 +588,11 @@ mod tests {
         let mut p = LinkPool::new(limits());
         assert_eq!(p.report().secret_key_rate_bps, 0.0, "no block yet");
         p.add_link_time(2.0);
-        p.add_block(Zeroizing::new(vec![1; 600]), Zeroizing::new(vec![1; 600]), 0.03);
+        p.add_block(
+            Zeroizing::new(vec![1; 600]),
+            Zeroizing::new(vec![1; 600]),
+            0.03,
+        );
         // 600 bytes distilled in 2 s, although only 512 fit in the pool
         assert_eq!(p.report().secret_key_rate_bps, 2400.0);
         p.add_link_time(2.0);
