@@ -89,9 +89,6 @@ key = "portal.key"
 [trust]
 anchors = ["root.pem"]
 crls = ["root.crl"]
-# The rcgen test CA has no content signer, so these cards carry no CHUID (tests/card_provisioning.rs
-# covers cards with one, from `qsi ca issue`).
-chuid = "if-present"
 [[object]]
 id = "report"
 label = "SECRET//X"

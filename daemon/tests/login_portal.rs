@@ -196,8 +196,14 @@ async fn a_session_expires() {
 }
 
 async fn refused(tb: &Testbed, card: &TestCard, want: &str) {
+    let chuid = card.open().unwrap().chuid;
+    refused_with_chuid(tb, card, chuid, want).await;
+}
+
+/// As [`refused`], presenting `chuid` instead of the card's own CHUID.
+async fn refused_with_chuid(tb: &Testbed, card: &TestCard, chuid: Option<Vec<u8>>, want: &str) {
     let opened = card.open().unwrap();
-    let mut c = tb.connect(&opened).await.unwrap();
+    let mut c = tb.connect(&opened).await.unwrap().with_chuid(chuid);
     let a = c.login().await.unwrap();
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{:?}", a.body);
     let msg = a.error().unwrap();
@@ -229,15 +235,16 @@ async fn refused(tb: &Testbed, card: &TestCard, want: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cards_are_refused_with_a_clear_message_and_audited() {
     // The portal loads its CRL at start, before any analyst card exists; the test CA numbers serials in
-    // order (CRL 2, portal certificate 3, officer card 4), so the CRL lists the serial the next card gets.
+    // order (content signer 2, CRL 3, portal certificate 4, officer card 5), so the CRL lists the serial
+    // the next card gets.
     let tb = Testbed::start(TestbedOptions {
-        revoked: vec![5],
+        revoked: vec![6],
         ..Default::default()
     })
     .await
     .unwrap();
     let revoked = tb.enrol("Rita Revoked", Some("S")).unwrap();
-    assert_eq!(revoked.serial, 5, "the CRL was written for serial 5");
+    assert_eq!(revoked.serial, 6, "the CRL was written for serial 6");
     refused(&tb, &revoked, "revoked").await;
 
     let mut spec = CardSpec::new("Ed Expired");
@@ -265,6 +272,17 @@ async fn bad_cards_are_refused_with_a_clear_message_and_audited() {
 
     let unknown = tb.enrol("Una Unregistered", None).unwrap();
     refused(&tb, &unknown, "not registered").await;
+
+    // The CHUID (the portal requires one): missing, another card's, or altered.
+    let carl = tb.enrol("Carl Chuid", Some("S")).unwrap();
+    refused_with_chuid(&tb, &carl, None, "requires your card's signed CHUID").await;
+    let theirs = unknown.open().unwrap().chuid;
+    refused_with_chuid(&tb, &carl, theirs, "names another card").await;
+    let mut altered = carl.open().unwrap().chuid.unwrap();
+    altered[30] ^= 0x01; // inside the GUID element
+    refused_with_chuid(&tb, &carl, Some(altered), "not validly signed").await;
+    let mut c = tb.connect(&carl.open().unwrap()).await.unwrap();
+    assert_eq!(c.login().await.unwrap().status, StatusCode::OK);
 }
 
 #[test]

@@ -77,8 +77,6 @@ key = "portal.key"
 [portal.trust]
 anchors = ["root.pem"]
 crls = ["root.crl"]
-# The rcgen test CA has no content signer (tests/card_provisioning.rs covers CHUIDs).
-chuid = "if-present"
 
 [[portal.object]]
 id = "report"

@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 
 use super::card::{FASCN_LEN, card_san_der};
 
-/// A test certificate authority.
+/// A test certificate authority, with a PIV content signer (in memory) that signs its cards' CHUIDs.
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
+    content_signer: Option<(qsi_pki::ca::signer::SoftSigner, x509_cert::Certificate)>,
     /// The CA's name (common name of its DN).
     pub name: String,
     public: ForeignPublicKey,
@@ -66,15 +67,32 @@ pub struct CardSpec {
 }
 
 impl CardSpec {
-    /// A card valid from an hour ago for a year, with a random UUID and a FASC-N derived from it.
+    /// A card valid from an hour ago for a year, with a random UUID and a FASC-N whose credential and
+    /// person numbers are derived from it (a well-formed FASC-N: 5-bit BCD, parity, LRC).
     pub fn new(name: &str) -> Self {
         let uuid = uuid::Uuid::new_v4();
-        let mut fascn = [0u8; FASCN_LEN];
-        fascn[..16].copy_from_slice(uuid.as_bytes());
+        let digits: String = uuid
+            .as_bytes()
+            .iter()
+            .map(|b| char::from(b'0' + b % 10))
+            .collect();
+        let fascn = qsi_pki::fascn::Fascn {
+            agency: "4701".into(),
+            system: "0007".into(),
+            credential: digits[..6].into(),
+            cs: "0".into(),
+            ici: "1".into(),
+            pi: digits[6..16].into(),
+            oc: "1".into(),
+            oi: "4701".into(),
+            poa: "1".into(),
+        }
+        .encode()
+        .ok();
         let now = OffsetDateTime::now_utc();
         CardSpec {
             name: name.to_owned(),
-            fascn: Some(fascn),
+            fascn,
             uuid: Some(uuid),
             not_before: now - time::Duration::hours(1),
             not_after: now + time::Duration::days(365),
@@ -107,13 +125,66 @@ impl TestCa {
             raw: key.public_key_raw().to_vec(),
             alg: &rcgen::PKCS_ECDSA_P256_SHA256,
         };
-        Ok(TestCa {
+        let mut ca = TestCa {
             issuer: Issuer::new(p, key),
+            content_signer: None,
             name: name.to_owned(),
             public,
             cert_der: cert.der().to_vec(),
             next_serial: std::sync::atomic::AtomicU64::new(2),
-        })
+        };
+        ca.content_signer = Some(ca.new_content_signer()?);
+        Ok(ca)
+    }
+
+    /// A P-256 content signer certified by this CA (EKU id-PIV-content-signing).
+    fn new_content_signer(
+        &self,
+    ) -> anyhow::Result<(qsi_pki::ca::signer::SoftSigner, x509_cert::Certificate)> {
+        use der::Decode;
+        use qsi_pki::ca::signer::{CaSigner, SigAlg, SoftSigner};
+        let key = SoftSigner::generate(SigAlg::EcdsaP256Sha256)
+            .map_err(|e| anyhow::anyhow!("content signer: {e}"))?;
+        let public = ForeignPublicKey {
+            raw: key.public_key().subject_public_key.raw_bytes().to_vec(),
+            alg: &rcgen::PKCS_ECDSA_P256_SHA256,
+        };
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(&format!("{} content signer", self.name));
+        p.serial_number = Some(SerialNumber::from(self.serial()));
+        p.not_before = OffsetDateTime::now_utc() - time::Duration::days(1);
+        p.not_after = OffsetDateTime::now_utc() + time::Duration::days(3000);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // id-PIV-content-signing 2.16.840.1.101.3.6.7
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::Other(vec![
+            2, 16, 840, 1, 101, 3, 6, 7,
+        ])];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&public, &self.issuer).map_err(rc)?;
+        let cert = x509_cert::Certificate::from_der(cert.der())
+            .map_err(|e| anyhow::anyhow!("content signer certificate: {e}"))?;
+        Ok((key, cert))
+    }
+
+    /// The signed CHUID of a card `spec` describes (FASC-N, UUID, expiry = notAfter), as a card management
+    /// system writes it; None for a card without a UUID. A card without a FASC-N gets the agency-9999
+    /// placeholder, as `qsi ca issue` does.
+    pub fn sign_chuid(&self, spec: &CardSpec) -> anyhow::Result<Option<Vec<u8>>> {
+        use qsi_pki::fascn::Fascn;
+        let (Some(guid), Some((key, cert))) = (spec.uuid, &self.content_signer) else {
+            return Ok(None);
+        };
+        let fascn = match &spec.fascn {
+            Some(b) => Fascn::decode(b)?,
+            None => "S9999F9999F999999F0F1F0000000000300001E".parse()?,
+        };
+        let t = spec.not_after;
+        let chuid = qsi_pki::chuid::Chuid {
+            fascn,
+            guid,
+            expiry: format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day()),
+        };
+        Ok(Some(chuid.sign(key, cert)?))
     }
 
     fn serial(&self) -> u64 {

@@ -474,7 +474,7 @@ fn cert_names(cert_der: &[u8]) -> Result<CertNames, String> {
 
 /// Provisions a card as a card management system would: generates a P-256 PIV Authentication key on the
 /// token (it never leaves), has `ca` certify it with `spec`'s FASC-N and UUID, and writes the certificate
-/// to the token. Returns the certificate (DER) and its serial. For tests, the benchmark and demos; real
+/// and the CHUID signed by `ca`'s content signer to the token. Returns the certificate (DER) and its serial. For tests, the benchmark and demos; real
 /// cards are issued with `qsi ca issue`.
 pub fn provision_with_test_ca(
     module: &Path,
@@ -493,5 +493,8 @@ pub fn provision_with_test_ca(
     };
     let (cert, serial) = ca.issue_card(&public, spec)?;
     write_certificate(module, token, pin, SLOT_PIV_AUTH, &cert)?;
+    if let Some(chuid) = ca.sign_chuid(spec)? {
+        write_chuid(module, token, pin, &chuid)?;
+    }
     Ok((cert, serial))
 }

@@ -89,6 +89,7 @@ async fn bare_server(tb: &Testbed) -> anyhow::Result<std::net::SocketAddr> {
 async fn round(
     addr: std::net::SocketAddr,
     config: Arc<rustls::ClientConfig>,
+    chuid: Option<Vec<u8>>,
     conc: usize,
     dur: Duration,
 ) -> anyhow::Result<f64> {
@@ -96,11 +97,14 @@ async fn round(
     let mut tasks = Vec::new();
     for _ in 0..conc {
         let config = config.clone();
+        let chuid = chuid.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             // At least one login per task, so a zero-length round checks that logins work.
             loop {
-                let mut c = PortalClient::connect(addr, SERVER_NAME, config.clone()).await?;
+                let mut c = PortalClient::connect(addr, SERVER_NAME, config.clone())
+                    .await?
+                    .with_chuid(chuid.clone());
                 let a = c.login().await?;
                 if a.status != StatusCode::OK {
                     bail!("login refused during the benchmark: {:?}", a.body);
@@ -138,14 +142,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let analyst = tb.enrol("Bench Analyst", Some("SECRET//X"))?;
     let card = analyst.open()?;
     let config = tb.client_config(&card)?;
+    // The card's signed CHUID goes with every login (the portal verifies it); the bare server gets the
+    // same request.
+    let chuid = card.chuid.clone();
     let bare = bare_server(&tb).await?;
     // Both must work before they are timed.
-    round(tb.addr, config.clone(), 1, Duration::ZERO).await?;
-    round(bare, config.clone(), 1, Duration::ZERO).await?;
+    round(tb.addr, config.clone(), chuid.clone(), 1, Duration::ZERO).await?;
+    round(bare, config.clone(), chuid.clone(), 1, Duration::ZERO).await?;
     let (mut portal, mut plain) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        portal.push(round(tb.addr, config.clone(), conc, dur).await?);
-        plain.push(round(bare, config.clone(), conc, dur).await?);
+        portal.push(round(tb.addr, config.clone(), chuid.clone(), conc, dur).await?);
+        plain.push(round(bare, config.clone(), chuid.clone(), conc, dur).await?);
     }
     let (p, b) = (median(&mut portal), median(&mut plain));
     let ratio = if b > 0.0 { p / b } else { 0.0 };

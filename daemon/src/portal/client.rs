@@ -30,6 +30,7 @@ impl Answer {
 pub struct PortalClient {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     token: Option<Zeroizing<String>>,
+    chuid: Option<Vec<u8>>,
     host: String,
     /// The key exchange group TLS negotiated (for display: it is always post-quantum).
     pub group: String,
@@ -77,6 +78,7 @@ impl PortalClient {
         Ok(PortalClient {
             sender,
             token: None,
+            chuid: None,
             host: server_name.to_owned(),
             group,
         })
@@ -126,9 +128,17 @@ impl PortalClient {
         Ok(Answer { status, body })
     }
 
-    /// Logs in; on success keeps the token for the following requests on this connection.
+    /// The card's CHUID that [`PortalClient::login`] presents.
+    pub fn with_chuid(mut self, chuid: Option<Vec<u8>>) -> Self {
+        self.chuid = chuid;
+        self
+    }
+
+    /// Logs in (presenting the CHUID given by [`PortalClient::with_chuid`], if any); on success keeps the
+    /// token for the following requests on this connection.
     pub async fn login(&mut self) -> anyhow::Result<Answer> {
-        self.login_with_chuid(None).await
+        let chuid = self.chuid.clone();
+        self.login_with_chuid(chuid.as_deref()).await
     }
 
     /// Logs in presenting the card's signed CHUID (read from the card), which the portal checks against

@@ -225,8 +225,8 @@ impl Testbed {
             accepted_policies: vec![],
             intermediates: vec![],
             revocation: qsi_pki::validate::RevocationMode::Require,
-            // Testbed cards come from an rcgen test CA without a content signer.
-            chuid: super::config::ChuidMode::IfPresent,
+            // Testbed cards carry a CHUID signed by the test CA's content signer.
+            chuid: super::config::ChuidMode::Require,
             objects,
             services,
         };
@@ -311,7 +311,10 @@ impl Testbed {
 
     /// Connects with `card`.
     pub async fn connect(&self, card: &Card) -> anyhow::Result<super::client::PortalClient> {
-        super::client::PortalClient::connect(self.addr, SERVER_NAME, self.client_config(card)?)
-            .await
+        Ok(
+            super::client::PortalClient::connect(self.addr, SERVER_NAME, self.client_config(card)?)
+                .await?
+                .with_chuid(card.chuid.clone()),
+        )
     }
 }
