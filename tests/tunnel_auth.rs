@@ -502,6 +502,28 @@ fn tls_section_refusals_name_the_field_and_the_fix() {
     // The good config with the same PKI loads (the refusals above are the lines' doing).
     let ok = a.clone();
     qsi_daemon::config::Config::load(&ok.write(dir.path()).unwrap()).unwrap();
+    // Intermediates may come as a .p7c bundle (what an FPKI repository publishes), PEM or DER.
+    let fx = bridge_fixture::build(&bridge_fixture::BridgeOptions::default()).unwrap();
+    let ders: Vec<Vec<u8>> = fx.intermediates.iter().map(|i| i.der.clone()).collect();
+    std::fs::write(
+        dir.path().join("bridge.p7c"),
+        qsi_pki::ca::p7c::certs_only(&ders),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("one.der"), &ders[0]).unwrap();
+    let mut with = a.clone();
+    with.tls_extra = vec!["intermediates = [\"bridge.p7c\", \"one.der\"]".into()];
+    let cfg = qsi_daemon::config::Config::load(&with.write(dir.path()).unwrap()).unwrap();
+    assert_eq!(cfg.trust.intermediates.len(), ders.len() + 1);
+    // (A .p7c holds a DER SET OF: its order is the encoding's, not ours.)
+    let mut got = cfg.trust.intermediates[..ders.len()].to_vec();
+    let mut want = ders.clone();
+    got.sort();
+    want.sort();
+    assert!(
+        got == want,
+        "the bundle's certificates differ from the fixture's"
+    );
 }
 
 #[test]
