@@ -30,7 +30,14 @@ struct Kms {
 
 /// Writes `<dir>/kms-<site>.toml`: store, admin socket, keys on a fresh SoftHSM2 token (PIN in a file),
 /// one link `ab` to the KME at `kme` (small pool, small batches: tests stay quick).
-fn kms_config(dir: &Path, site: &str, role: &str, kme: SocketAddr, extra: &str) -> Kms {
+fn kms_config(
+    dir: &Path,
+    site: &str,
+    role: &str,
+    kme: SocketAddr,
+    extra: &str,
+    capacity: usize,
+) -> Kms {
     let token = SoftHsmToken::create(&format!("kms-{site}")).unwrap();
     let pin = dir.join(format!("kms-{site}.pin"));
     std::fs::write(&pin, token.user_pin.expose()).unwrap();
@@ -64,9 +71,9 @@ ca = "ca.pem"
 cert = "{me}.pem"
 key = "{me}.key"
 key_bits = 256
-capacity = 16
-low_water = 4
-batch = 8
+capacity = {capacity}
+low_water = {low}
+batch = {batch}
 timeout_ms = 2000
 connect_timeout_ms = 500
 retries = 0
@@ -77,6 +84,8 @@ local_saes = ["app-{site}"]
             pin = pin.display(),
             port = kme.port(),
             other = if site == "a" { "b" } else { "a" },
+            low = capacity / 4,
+            batch = capacity.min(8),
         ),
     )
     .unwrap();
@@ -109,6 +118,8 @@ struct Setup<'a> {
     peer_extra_a: &'a str,
     /// More TOML for A's KMS config (e.g. an ETSI 014 server for local SAEs).
     kms_extra_a: &'a str,
+    /// Keys each KMS link holds at most (fetched in batches of up to 8).
+    capacity: usize,
 }
 
 fn start_pair(rt: &tokio::runtime::Runtime, dir: &Path, s: &Setup<'_>) -> QkdPair {
@@ -118,8 +129,8 @@ fn start_pair(rt: &tokio::runtime::Runtime, dir: &Path, s: &Setup<'_>) -> QkdPai
     let echo_b = echo_server(rt);
     let a_to_b = testbed::free_addr().unwrap();
     testbed::carry(&mut a, &mut b, "echo", a_to_b, echo_b);
-    let kms_a = kms_config(dir, "a", "master", s.kmes.0, s.kms_extra_a);
-    let kms_b = kms_config(dir, "b", "slave", s.kmes.1, "");
+    let kms_a = kms_config(dir, "a", "master", s.kmes.0, s.kms_extra_a, s.capacity);
+    let kms_b = kms_config(dir, "b", "slave", s.kmes.1, "", s.capacity);
     a.extra = "[kms]\nconfig = \"kms-a.toml\"\nsae_id = \"sae-a\"\n".into();
     b.extra = "[kms]\nconfig = \"kms-b.toml\"\nsae_id = \"sae-b\"\n".into();
     a.peers[0].extra = format!(
@@ -250,6 +261,7 @@ fn announced_key_ids_fill_both_reserves_and_qsi_kms_reaches_the_kms_in_qsid() {
             kmes: (s.alice, s.bob),
             peer_extra_a: "",
             kms_extra_a: server,
+            capacity: 16,
         },
     );
     // A announced, B fetched by ID and acknowledged: both reserves reach their target of 2
@@ -338,6 +350,7 @@ fn three_sources(transport: &str) {
             kmes: (s.alice, s.bob),
             peer_extra_a: "",
             kms_extra_a: "",
+            capacity: 16,
         },
     );
     let pa = p.wait_peer(true, "the tunnel never came up with a QKD key", 30, |v| {
@@ -453,6 +466,7 @@ fn a_wrong_key_for_the_right_id_fails_the_handshake() {
             kmes: (s.alice, s.bob),
             peer_extra_a: "",
             kms_extra_a: "",
+            capacity: 16,
         },
     );
     // the reserves fill (IDs match), but every data handshake fails: the QKD key enters the secret
@@ -495,6 +509,7 @@ fn require_fails_closed_without_a_kme_and_opens_once_keys_flow() {
             kmes,
             peer_extra_a: "",
             kms_extra_a: "",
+            capacity: 16,
         },
     );
     let pa = p.wait_peer(true, "require never reported the missing key", 20, |v| {
@@ -561,6 +576,7 @@ fn prefer_falls_back_to_the_hybrid_loudly_and_counts_it() {
             kmes,
             peer_extra_a: "",
             kms_extra_a: "",
+            capacity: 16,
         },
     );
     let pa = p.wait_peer(true, "prefer never came up on the hybrid", 20, |v| {

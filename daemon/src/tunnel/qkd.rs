@@ -766,3 +766,110 @@ impl QkdSite {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qsi_kms::kek::{SoftKek, SoftSigner, random_key};
+    use qsi_kms::store::{StoreOptions, SystemClock};
+
+    fn kms(dir: &std::path::Path) -> Arc<Kms> {
+        let kek = SoftKek::new(&random_key(32).unwrap(), "test-kek").unwrap();
+        let signer = SoftSigner::new(&random_key(32).unwrap(), "test-signer");
+        Kms::open(
+            &dir.join("kms.redb"),
+            Arc::new(kek),
+            Arc::new(signer),
+            Arc::new(SystemClock),
+            StoreOptions::default(),
+            vec![],
+        )
+        .unwrap()
+    }
+
+    fn cfg(policy: QkdPolicy) -> QkdPeer {
+        QkdPeer {
+            policy,
+            link: "ab".into(),
+            peer_sae_id: "sae-a".into(),
+            reserve: 2,
+        }
+    }
+
+    fn key(b: u8) -> KeyMaterial {
+        KeyMaterial::new(vec![b; 32])
+    }
+
+    impl PeerQkd {
+        fn put(&self, id: &str, k: KeyMaterial) {
+            self.reserve().keys.push_back((id.to_string(), k));
+        }
+    }
+
+    #[test]
+    fn slave_lookups_take_once_and_failures_consume_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let site = QkdSite::new(kms(d.path()), "sae-b");
+        let p = site.peer("site-a", &cfg(QkdPolicy::Require), false);
+        p.put("k1", key(1));
+        p.put("k2", key(2));
+        assert!(Arc::ptr_eq(&site.by_master_sae("sae-a").unwrap(), &p));
+        assert!(site.by_master_sae("sae-x").is_none());
+        assert_eq!(
+            p.take_id("nope"),
+            Err(TakeError::Unannounced("nope".into()))
+        );
+        assert_eq!(p.reserve_len(), 2, "a failed lookup consumes nothing");
+        assert_eq!(p.take_id("k2").unwrap().expose(), key(2).expose());
+        assert_eq!(p.take_id("k2"), Err(TakeError::AlreadyUsed("k2".into())));
+        assert_eq!(p.reserve_len(), 1);
+        assert_eq!(p.status().last_key_ids, vec!["k2".to_string()]);
+        // a new control session writes the rest off: it can never be used after
+        p.reset();
+        assert_eq!(p.reserve_len(), 0);
+        assert_eq!(p.status().discarded, 1);
+        assert_eq!(p.take_id("k1"), Err(TakeError::Unannounced("k1".into())));
+    }
+
+    #[test]
+    fn master_takes_in_announcement_order_and_gets_unsent_keys_back() {
+        let d = tempfile::tempdir().unwrap();
+        let site = QkdSite::new(kms(d.path()), "sae-a");
+        let p = site.peer("site-b", &cfg(QkdPolicy::Prefer), true);
+        assert!(
+            site.by_master_sae("sae-a").is_none(),
+            "the lookup serves slave links only"
+        );
+        assert!(matches!(p.take_next(), Err(TakeError::Empty { .. })));
+        p.put("k1", key(1));
+        p.put("k2", key(2));
+        let (id, k) = p.take_next().unwrap();
+        assert_eq!(id, "k1");
+        p.give_back(id, k);
+        assert_eq!(p.reserve_len(), 2);
+        assert_eq!(p.used.load(Ordering::Relaxed), 0);
+        assert_eq!(p.take_next().unwrap().0, "k1");
+        assert_eq!(p.take_next().unwrap().0, "k2");
+        let text = site.render_metrics("site-a");
+        assert!(
+            text.contains(
+                "qsi_qkd_keys_used_total{site=\"site-a\",peer=\"site-b\",link=\"ab\",policy=\"prefer\"} 2"
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_for_key_wakes_when_a_key_arrives() {
+        let d = tempfile::tempdir().unwrap();
+        let site = QkdSite::new(kms(d.path()), "sae-a");
+        let p = site.peer("site-b", &cfg(QkdPolicy::Require), true);
+        assert!(!p.wait_for_key(Duration::from_millis(50)).await);
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.wait_for_key(Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        p.put("k1", key(1));
+        p.changed.notify_waiters();
+        assert!(waiter.await.unwrap());
+    }
+}
