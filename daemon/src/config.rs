@@ -29,6 +29,11 @@
 //! identity = { dns = "site-b.qsi.test" }   # or { uri = "urn:qsi:site:site-b" }
 //! transport = "quic"                 # or "tls"
 //! address = "127.0.0.1:7444"         # we dial it; without it we wait for the peer to dial us
+//! # qkd = "require"                  # QKD keys in the data handshakes: "require", "prefer" or "off"
+//! # qkd_link = "a-to-b"              # the KMS link (master if we dial, slave if we are dialed)
+//! # [kms]                            # the KMS qsid runs in-process (needed for qkd):
+//! # config = "kms.toml"              # its own file, the format of `qsi kms serve`
+//! # sae_id = "sae-a"                 # this site's SAE ID at its QKD key manager
 //! [[forward]]                        # a local listener whose connections go to the peer's `expose`
 //! name = "web"
 //! peer = "site-b"
