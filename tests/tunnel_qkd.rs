@@ -595,3 +595,113 @@ fn prefer_falls_back_to_the_hybrid_loudly_and_counts_it() {
     );
     let _ = &p.dir;
 }
+
+#[test]
+fn an_eavesdropper_stops_require_tunnels_once_the_reserve_is_spent() {
+    need_softhsm();
+    let rt = runtime();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let s = start_sim(
+        dir,
+        &SimOptions {
+            max_keys: 16,
+            ..SimOptions::default()
+        },
+    );
+    // a small reserve everywhere; every new session (here: the peer restarts) opens a data connection
+    // with a fresh QKD key
+    let p = start_pair(
+        &rt,
+        dir,
+        &Setup {
+            transport: "quic",
+            policy: "require",
+            kmes: (s.alice, s.bob),
+            peer_extra_a: "",
+            kms_extra_a: "",
+            capacity: 4,
+        },
+    );
+    let mut p = p;
+    p.wait_peer(true, "no QKD-keyed tunnel before the attack", 30, |v| {
+        v["state"] == "connected" && v["qkd"]["keys_used"].as_u64() >= Some(1)
+    });
+    rt.block_on(roundtrip(p.a_to_b, 1024)).unwrap();
+
+    // Eve attacks every pulse: the QBER passes the threshold and the link aborts every block
+    let out = Command::new(kms_common::qkd_sim())
+        .args(["eve", "--fraction", "1", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // another application at A takes what Alice's KME still holds from before the attack
+    let drain = kms_common::sae(
+        &format!("https://{}", s.alice),
+        "sae-b",
+        &dir.join("ca.pem"),
+        &dir.join("sae-a.pem"),
+        &dir.join("sae-a.key"),
+    );
+    rt.block_on(async {
+        let t = std::time::Instant::now();
+        while drain.get_keys(1, 256).await.is_ok() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the KME kept producing under attack"
+            );
+        }
+    });
+    // new sessions spend what A's KMS and the reserves still hold, then the tunnel stops: control up,
+    // no data connection
+    let mut stopped = false;
+    for _ in 0..8 {
+        p.b.kill();
+        p.b = Qsid::start(QSID.as_ref(), &p.dir.join("site-b.toml")).unwrap();
+        stopped = testbed::wait_until(Duration::from_secs(8), || {
+            let v = p.peer(true);
+            v["state"] == "no-qkd-key" && v["control_up"] == true
+        });
+        if stopped {
+            break;
+        }
+    }
+    let pa = p.peer(true);
+    assert!(
+        stopped,
+        "require never stopped after the reserve was spent: {pa:#}\n{}",
+        p.logs()
+    );
+    assert!(pa["group"].is_null(), "{pa:#}");
+    assert_eq!(pa["control_up"], true, "{pa:#}");
+    let why = pa["qkd"]["problem"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("no fresh key") && why.contains("KME"),
+        "the operator sees why: {pa:#}"
+    );
+    assert_eq!(pa["qkd"]["reserve"], 0, "{pa:#}");
+    let used = pa["qkd"]["keys_used"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        p.peer(true)["qkd"]["keys_used"].as_u64().unwrap(),
+        used,
+        "no key is used while the link is down"
+    );
+    assert!(rt.block_on(roundtrip(p.a_to_b, 1024)).is_err());
+    let m = p.metrics_a();
+    assert!(m.contains("reason=\"qkd_no_key\"}"), "{m}");
+    // the simulator reports the aborted blocks and the QBER that caused them
+    let st = Command::new(kms_common::qkd_sim())
+        .args(["status", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(st["aborted_blocks"].as_u64() > Some(0), "{st}");
+    assert!(st["qber"].as_f64() > Some(0.11), "{st}");
+}
