@@ -122,12 +122,14 @@ fn stalled_reader(transport: &str) {
         testbed::all_connected(&sock)
     }));
     rt.block_on(async move {
-        // Push into the black hole until it blocks: its reader never reads.
+        // Push into the black hole until it blocks: its reader never reads. A write that makes no progress
+        // for 2 s is a stall; 500 ms was mistaken for one on a loaded 2-core machine, and the later
+        // "still stalled" check then saw the flow move.
         let mut s = TcpStream::connect(to_hole).await.unwrap();
         let chunk = vec![0u8; 1 << 20];
         let mut pushed = 0usize;
         let stalled = loop {
-            match tokio::time::timeout(Duration::from_millis(500), s.write_all(&chunk)).await {
+            match tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
                 Ok(Ok(())) => pushed += chunk.len(),
                 Ok(Err(e)) => panic!("the stalled flow failed instead of blocking: {e}"),
                 Err(_) => break true,
