@@ -29,6 +29,9 @@
 //! identity = { dns = "site-b.qsi.test" }   # or { uri = "urn:qsi:site:site-b" }
 //! transport = "quic"                 # or "tls"
 //! address = "127.0.0.1:7444"         # we dial it; without it we wait for the peer to dial us
+//! rekey_interval = "1h"              # new data connection (full handshake) this often ...
+//! rekey_bytes = "64GiB"              # ... or after this many bytes one way; then KeyUpdate every as many
+//! rekey_hard_limit = "2h"            # no data connection lives longer (default: twice rekey_interval)
 //! # qkd = "require"                  # QKD keys in the data handshakes: "require", "prefer" or "off"
 //! # qkd_link = "a-to-b"              # the KMS link (master if we dial, slave if we are dialed)
 //! # [kms]                            # the KMS qsid runs in-process (needed for qkd):
@@ -272,6 +275,12 @@ pub struct RawPeer {
     pub sae_id: Option<String>,
     /// Keys announced and held ready for this peer's handshakes (default 8).
     pub qkd_reserve: Option<usize>,
+    /// A new data connection (full handshake) this often, e.g. "1h"; default [`RekeyPolicy::DEFAULT_INTERVAL`].
+    pub rekey_interval: Option<String>,
+    /// ... or after this many bytes in either direction, e.g. "64GiB"; default [`RekeyPolicy::DEFAULT_BYTES`].
+    pub rekey_bytes: Option<String>,
+    /// No data connection lives longer than this, e.g. "2h"; default twice `rekey_interval`.
+    pub rekey_hard_limit: Option<String>,
 }
 
 /// `[[forward]]`
@@ -505,6 +514,8 @@ pub struct PeerConfig {
     pub clearance: qsi_labels::Label,
     /// QKD settings, when the peer's data connections take QKD keys.
     pub qkd: Option<QkdPeer>,
+    /// When data connections are replaced (make-before-break) and re-keyed in place.
+    pub rekey: RekeyPolicy,
 }
 
 pub use crate::qkd::QkdPolicy;
@@ -537,6 +548,147 @@ impl PartialEq for KmsSite {
     fn eq(&self, other: &Self) -> bool {
         self.config_path == other.config_path && self.sae_id == other.sae_id
     }
+}
+
+/// When a peer's data connections are replaced and re-keyed (see `tunnel::rekey` and docs/decisions.md).
+///
+/// A data connection is *due* once it is `interval` old or has carried `bytes` in either direction: the
+/// dialer then opens a new one (full handshake, fresh QKD key), new flows go to it, and the old one drains.
+/// A connection past `bytes` refreshes its traffic keys in place every further `bytes` (TLS 1.3 KeyUpdate,
+/// QUIC key update) while it drains. None lives past `hard_limit`: a draining one is closed with whatever
+/// flows it still carries, and a current one whose replacement could not be opened is closed (fail closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyPolicy {
+    /// Age at which a data connection is replaced.
+    pub interval: std::time::Duration,
+    /// Bytes (one direction) after which it is replaced, and then re-keyed in place every as many bytes.
+    pub bytes: u64,
+    /// Age at which a data connection is closed, whatever it carries.
+    pub hard_limit: std::time::Duration,
+}
+
+impl RekeyPolicy {
+    /// strongSwan's CHILD_SA rekey time and common IPsec SA lifetimes are one hour.
+    pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+    /// 64 GiB: far below AES-GCM's TLS 1.3 limit (2^24.5 full records, about 2^38.5 bytes, RFC 8446 5.5),
+    /// and a fresh QKD key at least every minute at 10 Gbit/s.
+    pub const DEFAULT_BYTES: u64 = 1 << 36;
+    /// Shortest interval accepted: every rekey is a full handshake and spends a QKD key.
+    pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Smallest byte limit accepted.
+    pub const MIN_BYTES: u64 = 1 << 20;
+}
+
+impl Default for RekeyPolicy {
+    fn default() -> Self {
+        RekeyPolicy {
+            interval: Self::DEFAULT_INTERVAL,
+            bytes: Self::DEFAULT_BYTES,
+            hard_limit: 2 * Self::DEFAULT_INTERVAL,
+        }
+    }
+}
+
+/// Parses "500ms", "90s", "30m", "1h", "1d" (a number and a unit; the unit is required).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(n.checked_mul(ms)?))
+}
+
+/// Parses "1048576", "512KiB", "64MiB", "64GiB", "1TiB" (binary) or "10GB" (decimal).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Validates a peer's `rekey_*` fields; `f` names a field of this peer (`peer[0].rekey_bytes`).
+fn parse_rekey(
+    f: &dyn Fn(&str) -> String,
+    interval: Option<&str>,
+    bytes: Option<&str>,
+    hard_limit: Option<&str>,
+) -> Result<RekeyPolicy, ConfigError> {
+    let duration = |name: &str, v: &str| {
+        parse_duration(v).ok_or_else(|| {
+            invalid(
+                f(name),
+                format!("{v:?} is not a duration"),
+                "write a number and a unit: \"500ms\", \"90s\", \"30m\", \"1h\" or \"1d\"",
+            )
+        })
+    };
+    let interval = match interval {
+        Some(v) => duration("rekey_interval", v)?,
+        None => RekeyPolicy::DEFAULT_INTERVAL,
+    };
+    if interval < RekeyPolicy::MIN_INTERVAL {
+        return Err(invalid(
+            f("rekey_interval"),
+            "shorter than 1s: every rekey is a full handshake and spends a QKD key",
+            "write \"1s\" or more (\"1h\" is usual)",
+        ));
+    }
+    let bytes = match bytes {
+        Some(v) => parse_bytes(v).ok_or_else(|| {
+            invalid(
+                f("rekey_bytes"),
+                format!("{v:?} is not a byte count"),
+                "write a number with an optional unit: \"64GiB\", \"512MiB\", \"10GB\"",
+            )
+        })?,
+        None => RekeyPolicy::DEFAULT_BYTES,
+    };
+    if bytes < RekeyPolicy::MIN_BYTES {
+        return Err(invalid(
+            f("rekey_bytes"),
+            format!("{bytes} bytes is below 1MiB: the tunnel would spend its time re-keying"),
+            "write \"1MiB\" or more (\"64GiB\" is usual)",
+        ));
+    }
+    let hard_limit = match hard_limit {
+        Some(v) => duration("rekey_hard_limit", v)?,
+        None => interval.saturating_mul(2),
+    };
+    if hard_limit <= interval {
+        return Err(invalid(
+            f("rekey_hard_limit"),
+            format!(
+                "{hard_limit:?} is not longer than rekey_interval ({interval:?}), so no connection could drain"
+            ),
+            "make it longer than rekey_interval (twice is usual), or leave it out",
+        ));
+    }
+    Ok(RekeyPolicy {
+        interval,
+        bytes,
+        hard_limit,
+    })
 }
 
 /// A local listener carried to a peer.
@@ -939,6 +1091,12 @@ impl RawConfig {
             };
             let clearance = parse_label(&f("clearance"), p.clearance.as_deref())?;
             let qkd = validate_qkd(&f, &p, kms.as_ref())?;
+            let rekey = parse_rekey(
+                &f,
+                p.rekey_interval.as_deref(),
+                p.rekey_bytes.as_deref(),
+                p.rekey_hard_limit.as_deref(),
+            )?;
             peers.push(PeerConfig {
                 name: p.name,
                 identity: p.identity,
@@ -947,6 +1105,7 @@ impl RawConfig {
                 key_exchange,
                 clearance,
                 qkd,
+                rekey,
             });
         }
 
@@ -1519,6 +1678,75 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(text in "(site|tls|peer|\\[|\\]|=|\"|[a-z_.]|\n| |[0-9:]){0,300}") {
             let _ = Config::from_toml(&text, Path::new("p.toml"), Path::new("/nonexistent"));
+        }
+    }
+
+    #[test]
+    fn rekey_fields_parse_and_refusals_name_the_field() {
+        let f = |n: &str| format!("peer[0].{n}");
+        let p = parse_rekey(&f, None, None, None).unwrap();
+        assert_eq!(p, RekeyPolicy::default());
+        assert_eq!(p.hard_limit, std::time::Duration::from_secs(7200));
+        let p = parse_rekey(&f, Some("90s"), Some("512MiB"), None).unwrap();
+        assert_eq!(p.interval, std::time::Duration::from_secs(90));
+        assert_eq!(p.bytes, 512 << 20);
+        assert_eq!(p.hard_limit, std::time::Duration::from_secs(180));
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("1d"),
+            Some(std::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(parse_bytes("10GB"), Some(10_000_000_000));
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        for (args, field, hint) in [
+            (
+                (Some("1 hour"), None, None),
+                "peer[0].rekey_interval",
+                "a number and a unit",
+            ),
+            (
+                (Some("3600"), None, None),
+                "peer[0].rekey_interval",
+                "a number and a unit",
+            ),
+            (
+                (Some("500ms"), None, None),
+                "peer[0].rekey_interval",
+                "shorter than 1s",
+            ),
+            (
+                (None, Some("lots"), None),
+                "peer[0].rekey_bytes",
+                "not a byte count",
+            ),
+            (
+                (None, Some("64KiB"), None),
+                "peer[0].rekey_bytes",
+                "below 1MiB",
+            ),
+            (
+                (None, Some("99999999TiB"), None),
+                "peer[0].rekey_bytes",
+                "not a byte count",
+            ),
+            (
+                (Some("1h"), None, Some("30m")),
+                "peer[0].rekey_hard_limit",
+                "not longer than",
+            ),
+            (
+                (None, None, Some("1h")),
+                "peer[0].rekey_hard_limit",
+                "not longer than",
+            ),
+        ] {
+            let e = parse_rekey(&f, args.0, args.1, args.2)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(field) && e.contains(hint), "{e}");
         }
     }
 

@@ -24,6 +24,16 @@ pub struct PeerCounters {
     pub datagrams_sent: AtomicU64,
     /// UDP datagrams received from the tunnel.
     pub datagrams_received: AtomicU64,
+    /// Rekeys: data connections that replaced a live one (make-before-break).
+    pub rekeys: AtomicU64,
+    /// Attempts to open a replacement data connection that failed.
+    pub rekey_failures: AtomicU64,
+    /// In-place key updates sent (TLS 1.3 KeyUpdate, QUIC key phase) on connections past their byte limit.
+    pub key_updates: AtomicU64,
+    /// Generation (per-peer sequence number) of the current data connection; 0 when there is none.
+    pub generation: AtomicU64,
+    /// Data connections draining (replaced, still carrying old flows).
+    pub draining: AtomicU64,
 }
 
 /// All metrics of a site.
@@ -145,6 +155,7 @@ impl Metrics {
                 );
             }
         }
+        render_rekey(&mut out, site, &peers);
         let _ = writeln!(
             out,
             "# HELP qsi_tunnel_failures_total Failures by reason\n# TYPE qsi_tunnel_failures_total counter"
@@ -175,6 +186,54 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// The rekey series (issue 9): one block per metric, a line per peer.
+fn render_rekey(out: &mut String, site: &str, peers: &BTreeMap<String, Arc<PeerCounters>>) {
+    let series: [(&str, &str, &str, Getter); 5] = [
+        (
+            "qsi_tunnel_rekeys_total",
+            "counter",
+            "Data connections replaced make-before-break",
+            |c| &c.rekeys,
+        ),
+        (
+            "qsi_tunnel_rekey_failures_total",
+            "counter",
+            "Replacement data connections that could not be opened",
+            |c| &c.rekey_failures,
+        ),
+        (
+            "qsi_tunnel_key_updates_total",
+            "counter",
+            "In-place traffic key updates (TLS KeyUpdate, QUIC key phase) past the byte limit",
+            |c| &c.key_updates,
+        ),
+        (
+            "qsi_tunnel_data_generation",
+            "gauge",
+            "Generation of the current data connection",
+            |c| &c.generation,
+        ),
+        (
+            "qsi_tunnel_data_connections_draining",
+            "gauge",
+            "Replaced data connections still carrying flows",
+            |c| &c.draining,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (peer, c) in peers {
+            let _ = writeln!(
+                out,
+                "{name}{{site=\"{}\",peer=\"{}\"}} {}",
+                esc(site),
+                esc(peer),
+                get(c).load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod flow;
 pub mod frame;
 pub mod mux;
 pub mod qkd;
+pub mod rekey;
 pub mod udp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,6 +72,8 @@ pub struct DataEntry {
     pub group: KxGroup,
     /// The QKD key_ID in this connection's key schedule, if any.
     pub qkd_key: Option<String>,
+    /// Generation, age and flows (see [`rekey`]).
+    life: Arc<rekey::Life>,
 }
 
 impl DataConn {
@@ -140,6 +143,8 @@ pub struct PeerRuntime {
     udp: udp::UdpState,
     /// QKD state, when the peer's data connections take QKD keys.
     pub qkd: Option<Arc<qkd::PeerQkd>>,
+    /// Live data connections (current and draining).
+    conns: rekey::PeerConns,
 }
 
 impl PeerRuntime {
@@ -164,11 +169,19 @@ impl PeerRuntime {
         };
         self.metrics
             .set_group(&self.cfg.name, &self.cfg.transport.to_string(), Some(&g));
+        // A rekey (replacing a live connection) continues the session.
+        let rekey = self
+            .data
+            .borrow()
+            .as_ref()
+            .is_some_and(|e| !e.conn.is_closed());
         self.set_status(|s| {
             s.state = "connected".into();
             s.group = Some(g);
-            s.connected_since = Some(now_unix());
-            s.sessions += 1;
+            if !rekey {
+                s.connected_since = Some(now_unix());
+                s.sessions += 1;
+            }
         });
         self.data.send_replace(Some(entry));
     }
@@ -442,6 +455,7 @@ impl Daemon {
             next_flow: AtomicU64::new(1),
             udp: udp::UdpState::default(),
             qkd,
+            conns: rekey::PeerConns::default(),
             cfg,
         });
         self.peers
@@ -465,6 +479,7 @@ impl Daemon {
             if let Some(e) = rt.data.borrow().as_ref() {
                 e.conn.close(reason);
             }
+            rekey::close_all(&rt, reason);
             self.metrics
                 .set_group(name, &rt.cfg.transport.to_string(), None);
         }
@@ -548,45 +563,27 @@ impl Daemon {
                 let (ctl_run, _qkd_task) = control_session(rt, r, s);
                 let mut ctl_run = std::pin::pin!(ctl_run);
                 rt.set_status(|s| s.control_up = true);
-                let gate = tokio::select! {
+                let entry = tokio::select! {
                     e = &mut ctl_run => {
                         rt.set_status(|s| s.control_up = false);
                         return Err(format!("control connection: {e}"));
                     }
-                    k = rt.qkd_gate() => k,
+                    d = self.dial_data(rt, addr) => d.inspect_err(|_| rt.set_status(|s| s.control_up = false))?,
                 };
-                let (dcfg, hs) = rt.data_client_config(&cfg, verifier.clone(), gate)?;
-                let mut dcfg = quinn::ClientConfig::new(Arc::new(
-                    tls::quic_client_config(dcfg).map_err(|e| e.to_string())?,
-                ));
-                dcfg.transport_config(transport_config(true));
-                let data = quic_connect(&self.endpoint, dcfg, addr, &sni)
-                    .await
-                    .map_err(|e| rt.data_dial_failed(e, hs.as_ref()))?;
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-                let (group, qkd_key) = rt
-                    .check_data_kx(quic_named_group(&data), None, hs.as_ref(), true, id)
-                    .inspect_err(|_| data.close(0u32.into(), b"kx policy"))?;
-                inc(&rt.counters.handshakes);
-                info!(group = %group, qkd_key = ?qkd_key, "tunnel up");
-                let entry = DataEntry {
-                    id,
-                    conn: DataConn::Quic(data.clone()),
-                    group,
-                    qkd_key,
-                };
-                rt.set_status(|s| s.control_up = true);
-                self.clone().serve_quic_data(rt.clone(), data.clone());
-                rt.install(entry.clone());
+                info!(group = %entry.group, qkd_key = ?entry.qkd_key, "tunnel up");
                 let reason = tokio::select! {
                     e = &mut ctl_run => format!("control connection: {e}"),
-                    e = data.closed() => format!("data connection: {e}"),
+                    e = self.clone().keep_data(rt.clone(), addr, entry) => e,
                     _ = rt.cancel.cancelled() => "peer stopped by configuration".to_string(),
                 };
                 ctl.close(quinn::VarInt::from_u32(code::CLOSING), reason.as_bytes());
-                entry.conn.close(&reason);
+                rekey::close_all(rt, &reason);
                 rt.set_status(|s| s.control_up = false);
-                rt.uninstall(entry.id, &reason);
+                // Not `if let` on the borrow: its guard would still be held inside `uninstall`.
+                let current = rt.data.borrow().as_ref().map(|e| e.id);
+                if let Some(cur) = current {
+                    rt.uninstall(cur, &reason);
+                }
                 warn!(reason = %reason, "tunnel down");
                 self.metrics.failure(&rt.cfg.name, "session_lost");
                 Ok(())
@@ -603,18 +600,70 @@ impl Daemon {
                 let (ctl_run, _qkd_task) = control_session(rt, r, w);
                 let mut ctl_run = std::pin::pin!(ctl_run);
                 rt.set_status(|s| s.control_up = true);
-                let gate = tokio::select! {
+                let entry = tokio::select! {
                     e = &mut ctl_run => {
                         rt.set_status(|s| s.control_up = false);
                         return Err(format!("control connection: {e}"));
                     }
-                    k = rt.qkd_gate() => k,
+                    d = self.dial_data(rt, addr) => d.inspect_err(|_| rt.set_status(|s| s.control_up = false))?,
                 };
-                let (dcfg, hs) = rt.data_client_config(&cfg, verifier.clone(), gate)?;
-                let data = tls_connect(&rt.cfg, dcfg, addr)
+                info!(group = %entry.group, qkd_key = ?entry.qkd_key, "tunnel up");
+                let reason = tokio::select! {
+                    e = &mut ctl_run => format!("control connection: {e}"),
+                    e = self.clone().keep_data(rt.clone(), addr, entry) => e,
+                    _ = rt.cancel.cancelled() => "peer stopped by configuration".to_string(),
+                };
+                rekey::close_all(rt, &reason);
+                rt.set_status(|s| s.control_up = false);
+                // Not `if let` on the borrow: its guard would still be held inside `uninstall`.
+                let current = rt.data.borrow().as_ref().map(|e| e.id);
+                if let Some(cur) = current {
+                    rt.uninstall(cur, &reason);
+                }
+                warn!(reason = %reason, "tunnel down");
+                self.metrics.failure(&rt.cfg.name, "session_lost");
+                Ok(())
+            }
+        }
+    }
+
+    /// Dials one data connection to the peer: waits for the QKD gate (a key ready, or the policy's
+    /// answer), builds a client config for this dial alone (its own QKD key), checks the group and the
+    /// QKD key against the peer's policy, and serves the connection's incoming flows. The caller makes it
+    /// current with [`rekey::adopt`]. Every data connection, first or rekey, is dialed here.
+    async fn dial_data(
+        self: &Arc<Self>,
+        rt: &Arc<PeerRuntime>,
+        addr: SocketAddr,
+    ) -> Result<DataEntry, String> {
+        let cfg = self.config();
+        let verifier = tls::verifier_for(&cfg.trust).map_err(|e| e.to_string())?;
+        let gate = rt.qkd_gate().await;
+        let (client, hs) = rt.data_client_config(&cfg, verifier, gate)?;
+        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        match rt.cfg.transport {
+            Transport::Quic => {
+                let mut c = quinn::ClientConfig::new(Arc::new(
+                    tls::quic_client_config(client).map_err(|e| e.to_string())?,
+                ));
+                c.transport_config(transport_config(true));
+                let sni = tls::server_name_for(&rt.cfg).to_str().into_owned();
+                let data = quic_connect(&self.endpoint, c, addr, &sni)
                     .await
                     .map_err(|e| rt.data_dial_failed(e, hs.as_ref()))?;
-                let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                let (group, qkd_key) = rt
+                    .check_data_kx(quic_named_group(&data), None, hs.as_ref(), true, id)
+                    .inspect_err(|_| data.close(0u32.into(), b"kx policy"))?;
+                inc(&rt.counters.handshakes);
+                let entry = DataEntry::new(rt, id, DataConn::Quic(data.clone()), group, qkd_key);
+                self.clone()
+                    .serve_quic_data(rt.clone(), data, entry.life.clone());
+                Ok(entry)
+            }
+            Transport::Tls => {
+                let data = tls_connect(&rt.cfg, client, addr)
+                    .await
+                    .map_err(|e| rt.data_dial_failed(e, hs.as_ref()))?;
                 let (group, qkd_key) = {
                     let c = data.get_ref().1;
                     rt.check_data_kx(
@@ -626,28 +675,11 @@ impl Daemon {
                     )?
                 };
                 inc(&rt.counters.handshakes);
-                info!(group = %group, qkd_key = ?qkd_key, "tunnel up");
-                let (m, incoming) = mux::Mux::start(data, true);
-                let entry = DataEntry {
-                    id,
-                    conn: DataConn::Tls(m.clone()),
-                    group,
-                    qkd_key,
-                };
-                rt.set_status(|s| s.control_up = true);
-                self.clone().serve_mux_incoming(rt.clone(), incoming);
-                rt.install(entry.clone());
-                let reason = tokio::select! {
-                    e = &mut ctl_run => format!("control connection: {e}"),
-                    e = m.closed() => format!("data connection: {e}"),
-                    _ = rt.cancel.cancelled() => "peer stopped by configuration".to_string(),
-                };
-                m.close(&reason);
-                rt.set_status(|s| s.control_up = false);
-                rt.uninstall(entry.id, &reason);
-                warn!(reason = %reason, "tunnel down");
-                self.metrics.failure(&rt.cfg.name, "session_lost");
-                Ok(())
+                let (m, incoming) = mux::Mux::start_tls(data, true, rt.cfg.rekey.bytes);
+                let entry = DataEntry::new(rt, id, DataConn::Tls(m), group, qkd_key);
+                self.clone()
+                    .serve_mux_incoming(rt.clone(), incoming, entry.life.clone());
+                Ok(entry)
             }
         }
     }
@@ -776,14 +808,11 @@ impl Daemon {
                         }
                     };
                     info!(qkd_key = ?qkd_key, "data connection accepted");
-                    let entry = DataEntry {
-                        id,
-                        conn: DataConn::Quic(conn.clone()),
-                        group,
-                        qkd_key,
-                    };
-                    self.clone().serve_quic_data(rt.clone(), conn.clone());
-                    rt.install(entry.clone());
+                    let entry =
+                        DataEntry::new(&rt, id, DataConn::Quic(conn.clone()), group, qkd_key);
+                    self.clone()
+                        .serve_quic_data(rt.clone(), conn.clone(), entry.life.clone());
+                    rekey::adopt(&rt, entry.clone());
                     let reason = tokio::select! {
                         e = conn.closed() => e.to_string(),
                         _ = rt.cancel.cancelled() => "peer stopped by configuration".into(),
@@ -800,7 +829,12 @@ impl Daemon {
     }
 
     /// Serves flows the peer opens on a QUIC data connection, and its datagrams.
-    fn serve_quic_data(self: Arc<Self>, rt: Arc<PeerRuntime>, conn: quinn::Connection) {
+    fn serve_quic_data(
+        self: Arc<Self>,
+        rt: Arc<PeerRuntime>,
+        conn: quinn::Connection,
+        life: Arc<rekey::Life>,
+    ) {
         let d = self.clone();
         let rt2 = rt.clone();
         let conn2 = conn.clone();
@@ -809,7 +843,9 @@ impl Daemon {
             while let Ok((s, mut r)) = conn.accept_bi().await {
                 let d = self.clone();
                 let rt = rt.clone();
+                let on_conn = life.flow();
                 tokio::spawn(async move {
+                    let _on_conn = on_conn;
                     let mut len = [0u8; 1];
                     let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                         r.read_exact(&mut len).await?;
@@ -831,12 +867,15 @@ impl Daemon {
         self: Arc<Self>,
         rt: Arc<PeerRuntime>,
         mut incoming: tokio::sync::mpsc::Receiver<mux::IncomingFlow>,
+        life: Arc<rekey::Life>,
     ) {
         tokio::spawn(async move {
             while let Some(f) = incoming.recv().await {
                 let d = self.clone();
                 let rt = rt.clone();
+                let on_conn = life.flow();
                 tokio::spawn(async move {
+                    let _on_conn = on_conn;
                     d.serve_incoming_flow(rt, f.service, FlowTx::Mux(f.tx), FlowRx::Mux(f.rx))
                         .await
                 });
@@ -1004,15 +1043,11 @@ impl Daemon {
                         }
                     };
                     info!(qkd_key = ?qkd_key, "data connection accepted");
-                    let (m, incoming) = mux::Mux::start(tls, false);
-                    let entry = DataEntry {
-                        id,
-                        conn: DataConn::Tls(m.clone()),
-                        group,
-                        qkd_key,
-                    };
-                    self.clone().serve_mux_incoming(rt.clone(), incoming);
-                    rt.install(entry.clone());
+                    let (m, incoming) = mux::Mux::start_tls(tls, false, rt.cfg.rekey.bytes);
+                    let entry = DataEntry::new(&rt, id, DataConn::Tls(m.clone()), group, qkd_key);
+                    self.clone()
+                        .serve_mux_incoming(rt.clone(), incoming, entry.life.clone());
+                    rekey::adopt(&rt, entry.clone());
                     let reason = tokio::select! {
                         e = m.closed() => e,
                         _ = rt.cancel.cancelled() => "peer stopped by configuration".into(),
@@ -1095,7 +1130,23 @@ impl Daemon {
                     let _ = tcp.set_zero_linger();
                     return;
                 };
-                let (tx, rx) = match entry.conn.open(&f.name).await {
+                // A connection that closed under us (drained, hard limit) may already have a successor.
+                let mut opened = entry
+                    .conn
+                    .open(&f.name)
+                    .await
+                    .map(|x| (x, entry.life.clone()));
+                if opened.is_err()
+                    && let Some(next) = rt.current().await
+                    && next.id != entry.id
+                {
+                    opened = next
+                        .conn
+                        .open(&f.name)
+                        .await
+                        .map(|x| (x, next.life.clone()));
+                }
+                let ((tx, rx), life) = match opened {
                     Ok(x) => x,
                     Err(e) => {
                         d.metrics.failure(&f.peer, "flow_open");
@@ -1104,6 +1155,7 @@ impl Daemon {
                         return;
                     }
                 };
+                let _on_conn = life.flow();
                 let (id, bytes) = rt.register_flow(&f.name, true);
                 let result = flow::splice(tcp, tx, rx, &rt.counters, bytes).await;
                 rt.end_flow(id, &result, &f.name);
@@ -1272,6 +1324,7 @@ impl Daemon {
                         "bytes_received": c.bytes_received.load(Ordering::Relaxed),
                         "handshakes": c.handshakes.load(Ordering::Relaxed),
                         "qkd": rt.qkd.as_ref().map(|q| q.status()),
+                        "rekey": rekey::status_json(rt),
                     })
                 })
                 .collect(),

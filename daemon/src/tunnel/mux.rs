@@ -3,13 +3,19 @@
 //! One reader task decodes frames and hands each flow's bytes to that flow's queue without ever waiting on
 //! a flow; one writer task batches queued frames into large writes. A flow may only send DATA it has credit
 //! for, so the queues are bounded by the window even when a local reader stalls.
+//!
+//! Started with [`Mux::start_tls`], the writer also refreshes the TLS 1.3 traffic keys in place (KeyUpdate,
+//! RFC 8446 4.6.3) every time it has written another `key_update_bytes`: the rekey policy's byte limit, so a
+//! connection that drains past its limit after a rekey never sends more than that under one key.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +58,11 @@ struct Shared {
     closed: CancellationToken,
     reason: Mutex<Option<String>>,
     dialer: bool,
+    /// Bytes written to / read from the stream (frames, before TLS).
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// TLS KeyUpdates this side sent.
+    key_updates: AtomicU64,
 }
 
 impl Shared {
@@ -264,12 +275,114 @@ impl FlowReceiver {
     }
 }
 
+/// A stream whose traffic keys can be refreshed in place.
+pub trait TrafficKeys {
+    /// Queues a key update; the next write carries it (TLS 1.3: KeyUpdate with update_requested, so the
+    /// peer refreshes its sending keys too).
+    fn refresh_traffic_keys(&mut self) -> Result<(), String>;
+}
+
+impl<IO> TrafficKeys for tokio_rustls::client::TlsStream<IO> {
+    fn refresh_traffic_keys(&mut self) -> Result<(), String> {
+        self.get_mut()
+            .1
+            .refresh_traffic_keys()
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl<IO> TrafficKeys for tokio_rustls::server::TlsStream<IO> {
+    fn refresh_traffic_keys(&mut self) -> Result<(), String> {
+        self.get_mut()
+            .1
+            .refresh_traffic_keys()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Both halves of one stream behind a lock (as `tokio::io::split` does), so the writer can also reach the
+/// TLS session between writes to refresh its keys.
+struct Locked<S>(Arc<Mutex<S>>);
+
+impl<S> Locked<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Locked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Locked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
+    }
+}
+
+/// The writer's key-update schedule.
+struct KeyUpdates {
+    every: u64,
+    refresh: Box<dyn FnMut() -> Result<(), String> + Send>,
+}
+
 impl Mux {
     /// Starts the reader and writer tasks on `io`. `dialer` picks the flow-id parity (odd for the dialer).
     /// Incoming flows arrive on the returned channel.
     pub fn start<S>(io: S, dialer: bool) -> (Mux, mpsc::Receiver<IncomingFlow>)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        Self::start_halves(rd, wr, dialer, None)
+    }
+
+    /// As [`Mux::start`], on a TLS stream whose traffic keys the writer refreshes after every
+    /// `key_update_bytes` it writes.
+    pub fn start_tls<S>(
+        io: S,
+        dialer: bool,
+        key_update_bytes: u64,
+    ) -> (Mux, mpsc::Receiver<IncomingFlow>)
+    where
+        S: AsyncRead + AsyncWrite + TrafficKeys + Send + Unpin + 'static,
+    {
+        let io = Arc::new(Mutex::new(io));
+        let keys = Locked(io.clone());
+        let updates = KeyUpdates {
+            every: key_update_bytes.max(1),
+            refresh: Box::new(move || keys.lock().refresh_traffic_keys()),
+        };
+        Self::start_halves(Locked(io.clone()), Locked(io), dialer, Some(updates))
+    }
+
+    fn start_halves<R, W>(
+        rd: R,
+        wr: W,
+        dialer: bool,
+        keys: Option<KeyUpdates>,
+    ) -> (Mux, mpsc::Receiver<IncomingFlow>)
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
     {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -279,10 +392,12 @@ impl Mux {
             closed: CancellationToken::new(),
             reason: Mutex::new(None),
             dialer,
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            key_updates: AtomicU64::new(0),
         });
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
-        let (rd, wr) = tokio::io::split(io);
-        tokio::spawn(writer(shared.clone(), wr, out_rx));
+        tokio::spawn(writer(shared.clone(), wr, out_rx, keys));
         tokio::spawn(reader(
             Arc::downgrade(&shared),
             shared.closed.clone(),
@@ -325,6 +440,19 @@ impl Mux {
         self.shared.lock_flows().len()
     }
 
+    /// Bytes (frames) written and read so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.shared.sent.load(Ordering::Relaxed),
+            self.shared.received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// TLS KeyUpdates this side has sent.
+    pub fn key_updates(&self) -> u64 {
+        self.shared.key_updates.load(Ordering::Relaxed)
+    }
+
     /// True once the connection is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.is_cancelled()
@@ -346,11 +474,13 @@ async fn writer<W: AsyncWrite + Send + Unpin>(
     shared: Arc<Shared>,
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut keys: Option<KeyUpdates>,
 ) {
     let closed = shared.closed.clone();
     // Only the tasks should keep the connection alive, not this one: drop our strong ref early.
     let weak = Arc::downgrade(&shared);
     drop(shared);
+    let mut since_update: u64 = 0;
     let mut buf = BytesMut::with_capacity(WRITE_BATCH + MAX_DATA);
     let result: std::io::Result<()> = async {
         loop {
@@ -367,6 +497,23 @@ async fn writer<W: AsyncWrite + Send + Unpin>(
                 }
             }
             wr.write_all(&buf).await?;
+            let n = buf.len() as u64;
+            if let Some(s) = weak.upgrade() {
+                s.sent.fetch_add(n, Ordering::Relaxed);
+                if let Some(k) = keys.as_mut() {
+                    since_update += n;
+                    if since_update >= k.every {
+                        since_update = 0;
+                        match (k.refresh)() {
+                            Ok(()) => {
+                                let total = s.key_updates.fetch_add(1, Ordering::Relaxed) + 1;
+                                tracing::debug!(key_updates = total, "TLS traffic keys refreshed");
+                            }
+                            Err(e) => tracing::warn!(error = %e, "TLS KeyUpdate refused"),
+                        }
+                    }
+                }
+            }
             if rx.is_empty() {
                 wr.flush().await?;
             }
@@ -398,14 +545,15 @@ async fn reader<R: AsyncRead + Send + Unpin>(
             _ = closed.cancelled() => return,
             r = rd.read_buf(&mut buf) => r,
         };
-        match n {
+        let n = match n {
             Ok(0) => break "peer closed the data connection".to_string(),
             Err(e) => break format!("read from peer failed: {e}"),
-            Ok(_) => {}
-        }
+            Ok(n) => n,
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        shared.received.fetch_add(n as u64, Ordering::Relaxed);
         let mut failure = None;
         loop {
             match Frame::decode(&mut buf) {
@@ -551,5 +699,88 @@ mod tests {
         mb.close("operator stopped the tunnel");
         let err = rx.recv().await.unwrap_err();
         assert!(matches!(err, FlowError::Closed(_)), "{err:?}");
+    }
+
+    /// A duplex stream that counts key refreshes (the real one is rustls' KeyUpdate, exercised end to end
+    /// in tests/tunnel_rekey.rs); here the writer's schedule is checked.
+    struct Counting {
+        io: tokio::io::DuplexStream,
+        refreshed: Arc<AtomicU64>,
+    }
+
+    impl TrafficKeys for Counting {
+        fn refresh_traffic_keys(&mut self) -> Result<(), String> {
+            self.refreshed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_refreshed_after_every_key_update_bytes_written() {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let refreshed = Arc::new(AtomicU64::new(0));
+        let io = Counting {
+            io: a,
+            refreshed: refreshed.clone(),
+        };
+        const EVERY: u64 = 1 << 20;
+        let (ma, _ia) = Mux::start_tls(io, true, EVERY);
+        let (mb, mut ib) = Mux::start(b, false);
+        let (mut tx, _rx) = ma.open("bulk").unwrap();
+        let mut inc = ib.recv().await.unwrap();
+        let total: usize = 5 * EVERY as usize + 1000;
+        let sender = tokio::spawn(async move {
+            for _ in 0..total / MAX_DATA + 1 {
+                tx.send(Bytes::from(vec![1u8; MAX_DATA])).await.unwrap();
+            }
+            tx.finish();
+            tx
+        });
+        let mut got = 0;
+        while let Some(b) = inc.rx.recv().await.unwrap() {
+            got += b.len();
+        }
+        let _tx = sender.await.unwrap();
+        assert!(got >= total);
+        let (sent, _) = ma.bytes();
+        let (_, received) = mb.bytes();
+        assert_eq!(sent, received, "both ends count the same frames");
+        let n = refreshed.load(Ordering::Relaxed);
+        assert_eq!(n, ma.key_updates());
+        // One refresh per EVERY bytes written (batches may overshoot a boundary by one batch).
+        assert!(
+            n >= sent / EVERY - 1 && n <= sent / EVERY,
+            "{n} refreshes for {sent} bytes"
+        );
+        assert_eq!(mb.key_updates(), 0, "a plain mux never refreshes keys");
     }
 }
