@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -42,6 +42,8 @@ pub struct Life {
     pub born: Instant,
     flows: AtomicU64,
     idle: Notify,
+    /// Set when we closed it as the current connection at its hard limit (no replacement could be opened).
+    failed_closed: AtomicBool,
 }
 
 impl Life {
@@ -106,6 +108,7 @@ impl DataEntry {
                 born: Instant::now(),
                 flows: AtomicU64::new(0),
                 idle: Notify::new(),
+                failed_closed: AtomicBool::new(false),
             }),
         }
     }
@@ -276,6 +279,9 @@ async fn watch(rt: Arc<PeerRuntime>, e: DataEntry) {
             dialer,
         };
         if let Some(r) = judge(&policy, standing) {
+            if standing.replaced_for.is_none() {
+                e.life.failed_closed.store(true, Ordering::Relaxed);
+            }
             if standing.replaced_for.is_none() || standing.flows > 0 {
                 warn!(site = %rt.site, peer = %rt.cfg.name, generation = e.life.generation, reason = %r, "closing a data connection");
             }
@@ -292,9 +298,11 @@ async fn watch(rt: Arc<PeerRuntime>, e: DataEntry) {
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Daemon {
-    /// The dialer's side of a session once `first` is up: keeps the peer served by a current data
-    /// connection, replacing it when [`due`] (make-before-break) or when it closed, and retrying with backoff
-    /// when a replacement cannot be opened. Runs until the session ends (the caller drops it).
+    /// The dialer's side of a session once `first` is up: replaces the current data connection when it is
+    /// [`due`] (make-before-break), retrying with backoff when a replacement cannot be opened; after the
+    /// hard limit closed it (fail closed) it goes on dialing while the control connection stays. Returns
+    /// when the current connection was lost otherwise (the peer closed it, the network failed): the session
+    /// ends and the dial loop starts a new one, as without rekey.
     pub(super) async fn keep_data(
         self: Arc<Self>,
         rt: Arc<PeerRuntime>,
@@ -308,16 +316,17 @@ impl Daemon {
         let mut next_try = Instant::now();
         loop {
             if cur.conn.is_closed() {
+                if !cur.life.failed_closed.load(Ordering::Relaxed) {
+                    return format!("data connection: {}", cur.conn.closed().await);
+                }
                 tokio::time::sleep(next_try.saturating_duration_since(Instant::now())).await;
             } else {
                 tokio::select! {
-                    _ = cur.conn.closed() => {}
+                    _ = cur.conn.closed() => continue,
                     _ = tokio::time::sleep(TICK) => {}
                 }
                 let age = cur.life.born.elapsed();
-                if !cur.conn.is_closed() && !due(&policy, age, cur.conn.bytes())
-                    || Instant::now() < next_try
-                {
+                if !due(&policy, age, cur.conn.bytes()) || Instant::now() < next_try {
                     continue;
                 }
             }
