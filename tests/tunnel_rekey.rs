@@ -5,6 +5,11 @@
 //! - by bytes (`rekey_bytes = "1MiB"`): flows that push the current connection past its limit make the
 //!   dialer open a new one, while the long-lived flow's old connection refreshes its keys in place (TLS 1.3
 //!   KeyUpdate / QUIC key update) every further MiB, and its stream still arrives intact.
+//!   (Records after a KeyUpdate are sealed under the new key: the peer can only read them, and the
+//!   checksummed stream only arrives, because it processed every KeyUpdate.)
+//! - failed rekey (a relay that refuses new connections, the fault injector): the current connection keeps
+//!   serving until its hard limit, failures are counted, then it is closed with the control connection
+//!   kept (fail closed), and the dialer recovers once the path reopens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test crate: failures should be loud
 
@@ -251,4 +256,113 @@ fn rekey_by_bytes_with_key_updates_over_tls() {
 #[test]
 fn rekey_by_bytes_with_key_updates_over_quic() {
     rekey_by_bytes("quic");
+}
+
+/// A TCP relay between A and B that can be told to refuse new connections while the ones it already
+/// carries keep working: the fault injector for "the replacement data connection cannot be opened"
+/// (later, e.g., no QKD key under `require`).
+fn gate_relay(
+    rt: &tokio::runtime::Runtime,
+    to: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let refuse = std::sync::Arc::new(AtomicBool::new(false));
+    let r = refuse.clone();
+    let addr = rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                if r.load(Ordering::Relaxed) {
+                    continue; // dropped: the dialer sees the connection reset
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut t) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut s, &mut t).await;
+                    }
+                });
+            }
+        });
+        addr
+    });
+    (addr, refuse)
+}
+
+#[test]
+fn failed_rekey_keeps_serving_until_the_hard_limit_then_fails_closed_and_recovers() {
+    use std::sync::atomic::Ordering;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = testbed::pair(dir.path(), "tls").unwrap();
+    let (relay, refuse) = gate_relay(&rt, b.tls.unwrap());
+    a.peers[0].address = Some(relay);
+    let echo = testbed::free_addr().unwrap();
+    testbed::carry(&mut a, &mut b, "echo", echo, echo_server(&rt));
+    let rekey = "rekey_interval = \"1s\"\nrekey_hard_limit = \"3s\"\n";
+    let write = |s: &SiteToml| {
+        let p = dir.path().join(format!("{}.toml", s.site));
+        std::fs::write(&p, with_rekey(s, rekey)).unwrap();
+        p
+    };
+    let qb = Qsid::start(QSID.as_ref(), &write(&b)).unwrap();
+    let qa = Qsid::start(QSID.as_ref(), &write(&a)).unwrap();
+    let admin_a = a.admin.clone().unwrap();
+    assert!(
+        testbed::wait_until(Duration::from_secs(15), || testbed::all_connected(&admin_a)),
+        "{}",
+        qa.log_tail()
+    );
+    // From now on no new connection gets through; the current data connection and control stay.
+    refuse.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let served_for = rt.block_on(async move {
+        let mut s = TcpStream::connect(echo).await.unwrap();
+        let mut buf = [0u8; 4];
+        loop {
+            let ping = async {
+                s.write_all(b"ping").await?;
+                s.read_exact(&mut buf).await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), ping).await {
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => break t0.elapsed(),
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "never cut at the hard limit"
+            );
+        }
+    });
+    // Served past the rekey interval while the replacement failed, cut at the hard limit (3 s from
+    // the connection's birth, which was shortly before t0).
+    assert!(
+        served_for > Duration::from_millis(1500) && served_for < Duration::from_secs(5),
+        "flow served for {served_for:?}\n{}",
+        qa.log_tail()
+    );
+    let p = testbed::admin(&admin_a, "peers").unwrap()[0].clone();
+    assert!(p["rekey"]["rekey_failures"].as_u64().unwrap() >= 2, "{p:#}");
+    assert_eq!(
+        p["control_up"], true,
+        "fail closed keeps the control connection: {p:#}"
+    );
+    assert!(
+        testbed::wait_until(Duration::from_secs(2), || {
+            let p = testbed::admin(&admin_a, "peers").unwrap()[0].clone();
+            p["state"] != "connected" && p["rekey"]["connections"].as_array().unwrap().is_empty()
+        }),
+        "no data connection may outlive its hard limit"
+    );
+    let m = metrics(a.metrics.unwrap());
+    assert!(metric(&m, "qsi_tunnel_rekey_failures_total") >= 2, "{m}");
+    // The path opens again: the retrying dialer gets a new data connection and flows work.
+    refuse.store(false, Ordering::Relaxed);
+    assert!(
+        testbed::wait_until(Duration::from_secs(20), || rt
+            .block_on(roundtrip(echo, 1000))
+            .is_ok()),
+        "no recovery after the path reopened\n{}\n{}",
+        qa.log_tail(),
+        qb.log_tail()
+    );
 }

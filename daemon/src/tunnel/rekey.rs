@@ -33,6 +33,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// peer opened on it just before it learned of the replacement is not cut (one round trip is enough).
 pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
+/// The acceptor enforces the hard limit this much later than the dialer.
+pub const ACCEPTOR_SLACK: Duration = Duration::from_secs(1);
+
 /// What lives and dies with one data connection.
 #[derive(Debug)]
 pub struct Life {
@@ -235,8 +238,13 @@ pub(super) fn close_all(rt: &PeerRuntime, reason: &str) {
 /// Runs beside one data connection until it closes: key updates past the byte limit (QUIC; the TLS mux
 /// does its own and is only counted here), the hard limit, and closing it once drained (dialer).
 async fn watch(rt: Arc<PeerRuntime>, e: DataEntry) {
-    let policy = rt.cfg.rekey;
+    let mut policy = rt.cfg.rekey;
     let dialer = rt.cfg.address.is_some();
+    if !dialer {
+        // The dialer closes at the hard limit first, so it knows the close was its own (fail closed,
+        // control kept); the acceptor's limit is the backstop for a dialer that does not.
+        policy.hard_limit += ACCEPTOR_SLACK;
+    }
     let mut replaced_at: Option<Instant> = None;
     let mut next_update = policy.bytes;
     let mut tls_updates_seen = 0;
