@@ -448,6 +448,73 @@ fn three_sources_over_tls_forward_a_service_and_use_each_key_once() {
     three_sources("tls");
 }
 
+/// Rekeying takes a fresh QKD key for every new data connection: with `rekey_interval = "1s"` each rekey's
+/// handshake uses another announced key, both sites agree on every one, a flow works across the rekeys, and no
+/// key ID is used in two handshakes on either side.
+fn rekeys_take_fresh_keys(transport: &str) {
+    need_softhsm();
+    let rt = runtime();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let s = sim(dir, None);
+    let p = start_pair(
+        &rt,
+        dir,
+        &Setup {
+            transport,
+            policy: "require",
+            kmes: (s.alice, s.bob),
+            peer_extra_a: "rekey_interval = \"1s\"\n",
+            kms_extra_a: "",
+            capacity: 16,
+        },
+    );
+    let pa = p.wait_peer(true, "three QKD-keyed rekeys never happened", 40, |v| {
+        v["state"] == "connected" && v["qkd"]["keys_used"].as_u64() >= Some(4)
+    });
+    assert_eq!(pa["group"], "X25519MLKEM768+QKD", "{pa:#}");
+    rt.block_on(roundtrip(p.a_to_b, 64 * 1024)).unwrap();
+    let peers = testbed::admin(p.a_cfg.admin.as_ref().unwrap(), "peers").unwrap();
+    assert!(
+        peers[0]["rekey"]["rekeys"].as_u64() >= Some(3),
+        "the extra keys came from rekeys, not reconnects: {peers:#}"
+    );
+    assert_eq!(
+        pa["sessions"], 1,
+        "one session: no reconnect spent these keys: {pa:#}"
+    );
+    let used_a: Vec<String> = serde_json::from_value(pa["qkd"]["last_key_ids"].clone()).unwrap();
+    let distinct: std::collections::HashSet<&String> = used_a.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        used_a.len(),
+        "a key reused across rekeys: {used_a:?}"
+    );
+    // each key A used keyed exactly one handshake on each side (B's audit log: the same IDs)
+    for cfg in [&p.kms_a.config, &p.kms_b.config] {
+        for id in &used_a[..4] {
+            let ev = wait_used(cfg, id, 1);
+            assert_eq!(
+                count_ids(&ev, "used-in-handshake", id),
+                1,
+                "{id} in {cfg:?}"
+            );
+        }
+    }
+    drop(p);
+    drop(s);
+}
+
+#[test]
+fn rekeys_over_tls_take_a_fresh_qkd_key_each() {
+    rekeys_take_fresh_keys("tls");
+}
+
+#[test]
+fn rekeys_over_quic_take_a_fresh_qkd_key_each() {
+    rekeys_take_fresh_keys("quic");
+}
+
 #[test]
 fn a_wrong_key_for_the_right_id_fails_the_handshake() {
     need_softhsm();
