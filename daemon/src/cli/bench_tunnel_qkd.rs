@@ -324,6 +324,21 @@ pub struct QkdPair {
     _sites: (testbed::Qsid, testbed::Qsid),
     /// Group the data connection negotiated (as site-a reports it).
     pub group: String,
+    /// Site A's admin socket (`peers` shows rekeys and QKD keys used).
+    pub admin_a: std::path::PathBuf,
+}
+
+impl QkdPair {
+    /// Site A's (the dialer's) rekeys, key updates and QKD keys used so far.
+    pub fn rekey_counts(&self) -> anyhow::Result<(u64, u64, u64)> {
+        let peers = testbed::admin(&self.admin_a, "peers")?;
+        let p = &peers[0];
+        Ok((
+            p["rekey"]["rekeys"].as_u64().unwrap_or(0),
+            p["rekey"]["key_updates"].as_u64().unwrap_or(0),
+            p["qkd"]["keys_used"].as_u64().unwrap_or(0),
+        ))
+    }
 }
 
 /// Starts a QKD-keyed pair over `transport` in `dir`, carrying `name` from `listen` (on A) to `target`
@@ -333,6 +348,7 @@ pub fn start_qkd_pair(
     dir: &Path,
     transport: &str,
     services: &[(&str, SocketAddr, SocketAddr)],
+    rekey_bytes: Option<u64>,
 ) -> anyhow::Result<QkdPair> {
     std::fs::create_dir_all(dir)?;
     let sim = testbed::qkd::SimLink::start(
@@ -357,6 +373,10 @@ pub fn start_qkd_pair(
         )?);
     }
     testbed::qkd::use_qkd(&mut a, &mut b, &kms[0], &kms[1], "require", 4);
+    if let Some(n) = rekey_bytes {
+        // The dialer re-keys: a new data connection with a fresh QKD key after every n bytes one way.
+        a.peers[0].extra += &format!("rekey_bytes = \"{}MiB\"\n", (n >> 20).max(1));
+    }
     let pair = testbed::start_pair(&testbed::qsid_launcher()?, dir, &a, &b)
         .with_context(|| format!("the QKD-keyed {transport} pair did not come up"))?;
     let sock = a.admin.clone().context("admin socket")?;
@@ -371,5 +391,6 @@ pub fn start_qkd_pair(
         _sim: sim,
         _sites: pair,
         group,
+        admin_a: sock,
     })
 }
