@@ -143,18 +143,7 @@ impl Metrics {
                 |c| &c.datagrams_received,
             ),
         ];
-        for (name, kind, help, get) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (peer, c) in &peers {
-                let _ = writeln!(
-                    out,
-                    "{name}{{site=\"{}\",peer=\"{}\"}} {}",
-                    esc(site),
-                    esc(peer),
-                    get(c).load(Ordering::Relaxed)
-                );
-            }
-        }
+        render_series(&mut out, site, &peers, &counters);
         render_rekey(&mut out, site, &peers);
         let _ = writeln!(
             out,
@@ -223,6 +212,16 @@ fn render_rekey(out: &mut String, site: &str, peers: &BTreeMap<String, Arc<PeerC
             |c| &c.draining,
         ),
     ];
+    render_series(out, site, peers, &series);
+}
+
+/// One block per metric (HELP, TYPE), a line per peer: every per-peer counter and gauge goes through here.
+fn render_series(
+    out: &mut String,
+    site: &str,
+    peers: &BTreeMap<String, Arc<PeerCounters>>,
+    series: &[(&str, &str, &str, Getter)],
+) {
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (peer, c) in peers {
